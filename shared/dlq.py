@@ -1,0 +1,895 @@
+"""Dead-letter triage and replay: the one service behind ``gateway dlq`` and ``/v1/admin``.
+
+:class:`DeadLetterService` lists dead letters (filters, keyset cursor), shows
+one with its attempts, replays and the key's ``processed_events`` record,
+replays one or every match (dry run, rate, limit), and discards one with a
+reason. ``scripts/dlq.py`` (the CLI) and ``gateway_api/admin.py`` (the admin
+API) only translate arguments and render results; ``docs/runbook.md`` is the
+operator's guide and records the decisions.
+
+A replay, in order:
+
+1. ``replayed`` → nothing to do (``already_replayed``); ``discarded`` →
+   :class:`NotReplayable`;
+2. a ``replays`` entry with no outcome whose job is still in Redis (or that
+   is younger than :data:`ENQUEUE_GRACE_S`) → ``in_flight``, nothing done;
+3. the key already ``succeeded`` in ``processed_events`` → the dead letter is
+   closed as ``replayed`` with a ``replays`` entry ``already_succeeded`` and
+   no job (``already_succeeded``);
+4. otherwise one compare-and-set update appends ``{at, by, job_id, outcome:
+   null}`` — only while the document is still ``pending`` with the number of
+   entries this run saw, so of two concurrent replays exactly one goes on —
+   then the original event is enqueued under ``job_id`` =
+   ``replay/{n}/{key}`` with :class:`~shared.contracts.ReplayRef` set, which
+   lets a worker claim the ``dead_lettered`` key (its attempts restart at 0).
+   The worker writes the outcome. If Redis refuses the job the entry is
+   closed ``enqueue_failed`` and :class:`~shared.queue.QueueUnavailable` is
+   raised.
+
+Errors::
+
+    DeadLetterError
+    ├── DeadLetterNotFound      no dead letter has that key
+    ├── EventNotFound           processed_events has no such key
+    ├── InvalidRequest          a filter, cursor, limit, rate or name that cannot be used
+    │   └── DiscardReasonRequired
+    ├── NotReplayable           discarded, or the stored event cannot be decoded
+    └── NotDiscardable          already replayed, or a replay is in flight
+
+:class:`~shared.storage.errors.StorageError` and
+:class:`~shared.queue.QueueUnavailable` pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Final, Self
+
+import msgspec
+import structlog
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from msgspec import Struct
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.exceptions import RedisError
+
+from shared.contracts import CourierEvent, QueuedEvent, ReplayRef, idempotency_key
+from shared.queue import Enqueuer, QueueUnavailable
+from shared.storage.dead_letters import (
+    DeadLetterFilter,
+    DeadLetterReason,
+    DeadLetters,
+    DeadLetterStatus,
+    PageKey,
+    ReplayOutcome,
+)
+from shared.storage.events import EventStatus, ProcessedEvents
+from shared.storage.mongo import Document
+
+__all__ = [
+    "DEFAULT_PAGE_LIMIT",
+    "ENQUEUE_GRACE_S",
+    "MAX_PAGE_LIMIT",
+    "AttemptView",
+    "DeadLetterDetail",
+    "DeadLetterError",
+    "DeadLetterFilter",
+    "DeadLetterNotFound",
+    "DeadLetterReason",
+    "DeadLetterService",
+    "DeadLetterStatus",
+    "DeadLetterSummary",
+    "DiscardReasonRequired",
+    "DiscardResult",
+    "ErrorView",
+    "EventNotFound",
+    "EventRecord",
+    "InvalidRequest",
+    "NotDiscardable",
+    "NotReplayable",
+    "Pacer",
+    "Page",
+    "ReplayAction",
+    "ReplayEntry",
+    "ReplayFailure",
+    "ReplayResult",
+    "ReplaySummary",
+    "decode_cursor",
+    "encode_cursor",
+    "parse_rate",
+    "parse_time",
+    "replay_job_id",
+]
+
+DEFAULT_PAGE_LIMIT: Final = 50
+MAX_PAGE_LIMIT: Final = 500
+ENQUEUE_GRACE_S: Final = 30.0
+"""A ``replays`` entry without outcome this young counts as in flight even if its job is
+not in Redis yet: the replaying process appends the entry first, then enqueues."""
+MAX_TEXT: Final = 1000
+"""Longest operator name, discard reason or filter value accepted."""
+
+log = structlog.get_logger("shared.dlq")
+
+
+# ── errors ──────────────────────────────────────────────────────────────────
+
+
+class DeadLetterError(Exception):
+    """Root of the dead-letter service's errors; ``code`` is a stable machine name."""
+
+    code: ClassVar[str] = "dead_letter_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class DeadLetterNotFound(DeadLetterError):
+    """No dead letter has this idempotency key."""
+
+    code = "dead_letter_not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no dead letter with idempotency key {key!r}")
+        self.key = key
+
+
+class EventNotFound(DeadLetterError):
+    """``processed_events`` has no document for this idempotency key."""
+
+    code = "event_not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no processed event with idempotency key {key!r}")
+        self.key = key
+
+
+class InvalidRequest(DeadLetterError):
+    """A filter, cursor, limit, rate or operator name that cannot be used."""
+
+    code = "invalid_request"
+
+
+class DiscardReasonRequired(InvalidRequest):
+    """A discard without a (non-blank) reason."""
+
+    code = "discard_reason_required"
+
+    def __init__(self) -> None:
+        super().__init__("a discard needs a reason: say why this event will never be replayed")
+
+
+class NotReplayable(DeadLetterError):
+    """The dead letter cannot be replayed (discarded, or its event is not decodable)."""
+
+    code = "not_replayable"
+
+
+class NotDiscardable(DeadLetterError):
+    """The dead letter cannot be discarded (already replayed, or a replay is in flight)."""
+
+    code = "not_discardable"
+
+
+# ── results ─────────────────────────────────────────────────────────────────
+
+
+class ErrorView(Struct, frozen=True):
+    code: str
+    message: str
+
+
+class AttemptView(Struct, frozen=True, kw_only=True):
+    """One failed attempt: SPEC §4.1 ``{attempt, at, code, message, transient, duration_ms}``."""
+
+    attempt: int
+    at: datetime
+    code: str
+    message: str
+    transient: bool
+    duration_ms: int
+
+
+class ReplayEntry(Struct, frozen=True, kw_only=True):
+    """One ``replays`` entry; ``outcome`` is ``None`` until the replay job ends.
+
+    ``job_id`` is ``None`` when no job was needed (``already_succeeded``).
+    """
+
+    at: datetime | None = None
+    by: str | None = None
+    job_id: str | None = None
+    outcome: str | None = None
+
+
+class DeadLetterSummary(Struct, frozen=True, kw_only=True):
+    """A dead letter as one row of a list."""
+
+    idempotency_key: str
+    source: str
+    event_id: str | None
+    shipment_id: str | None
+    event_type: str | None
+    reason: str
+    error: ErrorView
+    attempts: int
+    dead_lettered_at: datetime
+    status: str
+    replays: int
+    last_replay: ReplayEntry | None
+
+
+class Page(Struct, frozen=True):
+    """One page of a list; pass ``next_cursor`` back for the next (``None``: last page)."""
+
+    items: list[DeadLetterSummary]
+    next_cursor: str | None
+
+
+class EventRecord(Struct, frozen=True, kw_only=True):
+    """A key's ``processed_events`` record: where the worker pool stands with it."""
+
+    idempotency_key: str
+    status: str
+    attempts: int
+    last_error: ErrorView | None
+    attempt_log: list[AttemptView]
+    first_seen_at: datetime | None
+    updated_at: datetime | None
+    completed_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    dead_letter_status: str | None
+
+
+class DeadLetterDetail(Struct, frozen=True, kw_only=True):
+    """Everything about one dead letter: the event, every attempt, every replay."""
+
+    idempotency_key: str
+    source: str
+    event_id: str | None
+    shipment_id: str | None
+    request_id: str | None
+    reason: str
+    error: ErrorView
+    status: str
+    dead_lettered_at: datetime
+    created_at: datetime | None
+    updated_at: datetime | None
+    event: dict[str, Any] | None
+    attempts: list[AttemptView]
+    replays: list[ReplayEntry]
+    discard_reason: str | None
+    discarded_by: str | None
+    discarded_at: datetime | None
+    processing: EventRecord | None
+    """The key's ``processed_events`` record (``None`` if it has none)."""
+
+
+class ReplayAction(enum.StrEnum):
+    """What a replay did (or, in a dry run, would do) to one dead letter."""
+
+    ENQUEUED = "enqueued"
+    """A replay job was queued; the worker will write its outcome."""
+    WOULD_ENQUEUE = "would_enqueue"
+    """Dry run: a replay job would be queued."""
+    ALREADY_SUCCEEDED = "already_succeeded"
+    """The key had already succeeded: closed as ``replayed`` without a job (no-op)."""
+    ALREADY_REPLAYED = "already_replayed"
+    """The dead letter is ``replayed`` already: nothing done."""
+    IN_FLIGHT = "in_flight"
+    """A replay of it is queued or running (or another operator just started one)."""
+
+
+class ReplayResult(Struct, frozen=True, kw_only=True):
+    """What a replay did to one dead letter.
+
+    ``warning`` is set when a job is (or would be) queued for an entry that was
+    dead-lettered for a permanent error: it fails again unless its cause was fixed.
+    """
+
+    idempotency_key: str
+    action: ReplayAction
+    job_id: str | None
+    dry_run: bool
+    detail: str
+    warning: str | None = None
+
+
+class ReplayFailure(Struct, frozen=True, kw_only=True):
+    """A dead letter a bulk replay could not replay, with the error's ``code``."""
+
+    idempotency_key: str
+    code: str
+    detail: str
+
+
+class ReplaySummary(Struct, kw_only=True):
+    """Counts of a bulk replay (fed with :meth:`add` as results arrive)."""
+
+    dry_run: bool
+    matched: int = 0
+    enqueued: int = 0
+    would_enqueue: int = 0
+    already_succeeded: int = 0
+    already_replayed: int = 0
+    in_flight: int = 0
+    failed: int = 0
+    failures: list[ReplayFailure] = msgspec.field(default_factory=list)
+
+    def add(self, item: ReplayResult | ReplayFailure) -> None:
+        """Count one result of :meth:`DeadLetterService.replay_matching`."""
+        self.matched += 1
+        if isinstance(item, ReplayFailure):
+            self.failed += 1
+            self.failures.append(item)
+            return
+        name = item.action.value
+        setattr(self, name, getattr(self, name) + 1)
+
+
+class DiscardResult(Struct, frozen=True, kw_only=True):
+    """``already_discarded``: it was discarded before (the earlier reason is kept)."""
+
+    idempotency_key: str
+    status: str
+    discard_reason: str
+    discarded_by: str | None
+    already_discarded: bool
+
+
+# ── cursor, times, rates ────────────────────────────────────────────────────
+
+_cursor_decoder = msgspec.json.Decoder(PageKey)
+
+
+def encode_cursor(position: PageKey) -> str:
+    """An opaque cursor for the position after ``position`` (URL-safe base64)."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(position)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> PageKey:
+    """The position a cursor from :func:`encode_cursor` stands for; :class:`InvalidRequest` if
+    it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = _cursor_decoder.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        raise InvalidRequest(
+            "cursor is not one this service returned; start again without it"
+        ) from exc
+    if position.dead_lettered_at.tzinfo is None:
+        raise InvalidRequest("cursor is not one this service returned; start again without it")
+    return position
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_time(text: str, *, now: datetime, name: str = "time") -> datetime:
+    """An absolute or relative time: RFC 3339 (``2026-11-22T10:15:00Z``; without an
+    offset: UTC), a date (``2026-11-22``, midnight UTC), or an age (``90s``, ``15m``,
+    ``2h``, ``3d``: that long before ``now``)."""
+    value = text.strip()
+    relative = _RELATIVE.match(value)
+    if relative:
+        return now - timedelta(seconds=float(relative[1]) * _UNITS[relative[2]])
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{name}: {text!r} is not an RFC 3339 time, a date, or an age such as 2h"
+        ) from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:/\s*([sm]))?$")
+
+
+def parse_rate(text: str) -> float:
+    """Replays per second from ``5``, ``5/s``, ``0.5/s`` or ``30/m``."""
+    match = _RATE.match(text.strip())
+    rate = 0.0
+    if match:
+        rate = float(match[1]) / (60 if match[2] == "m" else 1)
+    if rate <= 0:
+        raise InvalidRequest(f"rate: {text!r} is not a positive rate such as 5/s or 30/m")
+    return rate
+
+
+class Pacer:
+    """Spaces calls to :meth:`wait` at least ``1 / rate_per_s`` apart, without bursts.
+
+    The first call returns at once; call *k* returns no earlier than call *k-1*
+    returned plus the interval. A caller that falls behind is not allowed to
+    catch up. ``now`` and ``sleep`` are seams for tests.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise InvalidRequest(f"rate must be positive, not {rate_per_s}")
+        self.interval_s = 1.0 / rate_per_s
+        self._now = now
+        self._sleep = sleep
+        self._next: float | None = None
+
+    async def wait(self) -> None:
+        """Return when the next call may start."""
+        now = self._now()
+        if self._next is not None and now < self._next:
+            await self._sleep(self._next - now)
+            now = max(self._now(), self._next)
+        self._next = now + self.interval_s
+
+
+def replay_job_id(key: str, number: int) -> str:
+    """The arq job id of the ``number``-th replay of ``key``.
+
+    Never a courier's key: those begin with a source id (``[a-z0-9][a-z0-9_-]*``)
+    and a colon, and ``replay/…`` cannot. Not the key itself either: the original
+    job's result is kept for the API's duplicate window.
+    """
+    return f"replay/{number}/{key}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text(value: str, name: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise InvalidRequest(f"{name} must not be empty")
+    if len(stripped) > MAX_TEXT:
+        raise InvalidRequest(f"{name} is longer than {MAX_TEXT} characters")
+    return stripped
+
+
+# ── the service ─────────────────────────────────────────────────────────────
+
+
+class DeadLetterService:
+    """Dead-letter operations on one gateway's MongoDB database and arq queue.
+
+    ``redis`` and ``queue_name`` are the queue replays are enqueued to (the
+    workers' queue); ``clock`` stamps ``replays`` entries and discards.
+    Replays are enqueued with ``enqueuer`` when one is given (its owner closes
+    it), else with an :class:`~shared.queue.Enqueuer` of the service's own,
+    which keeps a Redis connection from the first replay until :meth:`aclose`
+    (or the end of ``async with``).
+    """
+
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        redis: ArqRedis,
+        queue_name: str,
+        *,
+        enqueuer: Enqueuer | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._letters = DeadLetters(db)
+        self._events = ProcessedEvents(db)
+        self._redis = redis
+        self._owns_enqueuer = enqueuer is None
+        self._enqueuer = enqueuer if enqueuer is not None else Enqueuer(redis, queue_name)
+        self._clock = clock
+
+    async def aclose(self) -> None:
+        """Close the service's own enqueuer (not one that was passed in)."""
+        if self._owns_enqueuer:
+            await self._enqueuer.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    # reading
+
+    async def list(
+        self,
+        selection: DeadLetterFilter,
+        *,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of matching dead letters, newest first."""
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE_LIMIT}, not {limit}")
+        after = decode_cursor(cursor) if cursor else None
+        documents = await self._letters.page(selection, after=after, limit=limit + 1)
+        more = len(documents) > limit
+        documents = documents[:limit]
+        next_cursor = None
+        if more:
+            last = documents[-1]
+            next_cursor = encode_cursor(PageKey(last["dead_lettered_at"], last["_id"]))
+        return Page([_summary(d) for d in documents], next_cursor)
+
+    async def count(self, selection: DeadLetterFilter, *, limit: int | None = None) -> int:
+        """How many dead letters match (at most ``limit``)."""
+        return await self._letters.count(selection, limit=limit)
+
+    async def show(self, key: str) -> DeadLetterDetail:
+        """One dead letter in full, with its key's ``processed_events`` record."""
+        document = await self._letters.get(key)
+        if document is None:
+            raise DeadLetterNotFound(key)
+        record = await self._events.get(key)
+        return _detail(document, None if record is None else _event_record(record, document))
+
+    async def event(self, key: str) -> EventRecord:
+        """The key's ``processed_events`` record: status, attempts, last error."""
+        record = await self._events.get(key)
+        if record is None:
+            raise EventNotFound(key)
+        letter = await self._letters.get(key)
+        return _event_record(record, letter)
+
+    # replaying
+
+    async def replay(self, key: str, *, by: str, dry_run: bool = False) -> ReplayResult:
+        """Replay one dead letter (see the module docstring for the steps)."""
+        by = _text(by, "by")
+        document = await self._letters.get(key)
+        if document is None:
+            raise DeadLetterNotFound(key)
+        return await self._replay(document, by=by, dry_run=dry_run)
+
+    async def replay_matching(
+        self,
+        selection: DeadLetterFilter,
+        *,
+        by: str,
+        limit: int | None = None,
+        dry_run: bool = False,
+        pacer: Pacer | None = None,
+    ) -> AsyncIterator[ReplayResult | ReplayFailure]:
+        """Replay every ``pending`` dead letter that matches, newest first; yield each result.
+
+        Only ``pending`` entries are replayable, so ``selection.status`` must be
+        ``None`` or ``pending``. Reads one page at a time; at most ``limit``
+        entries. ``pacer`` spaces the replays (not the dry run). A dead letter
+        that cannot be replayed is yielded as a :class:`ReplayFailure`; an
+        unreachable MongoDB or Redis ends the run with that error (entries not
+        reached yet stay ``pending``).
+        """
+        by = _text(by, "by")
+        selection = _pending_only(selection)
+        if limit is not None and limit < 1:
+            raise InvalidRequest(f"limit must be at least 1, not {limit}")
+        async for document in self._letters.iterate(selection, limit=limit):
+            if pacer is not None and not dry_run:
+                await pacer.wait()
+            try:
+                yield await self._replay(document, by=by, dry_run=dry_run)
+            except (NotReplayable, DeadLetterNotFound) as exc:
+                yield ReplayFailure(
+                    idempotency_key=document["_id"], code=exc.code, detail=exc.detail
+                )
+
+    async def count_replayable(
+        self, selection: DeadLetterFilter, *, limit: int | None = None
+    ) -> int:
+        """How many entries :meth:`replay_matching` would visit."""
+        return await self._letters.count(_pending_only(selection), limit=limit)
+
+    async def _replay(self, document: Document, *, by: str, dry_run: bool) -> ReplayResult:
+        key: str = document["_id"]
+        status = document.get("status")
+        if status == DeadLetterStatus.DISCARDED:
+            raise NotReplayable(
+                f"{key} was discarded ({document.get('discard_reason')!r}); "
+                "a discarded dead letter is never replayed"
+            )
+        if status == DeadLetterStatus.REPLAYED:
+            return _result(
+                key, ReplayAction.ALREADY_REPLAYED, dry_run, "already replayed; nothing to do"
+            )
+        live = await self._live_replay(document)
+        if live is not None:
+            return _result(
+                key,
+                ReplayAction.IN_FLIGHT,
+                dry_run,
+                "a replay of it is queued or running; wait for its outcome",
+                job_id=live,
+            )
+        seen = len(document.get("replays", ()))
+        now = self._clock()
+        if await self._events.status(key) is EventStatus.SUCCEEDED:
+            detail = "the event already succeeded: marked replayed, no job queued"
+            if dry_run:
+                detail = "the event already succeeded: would be marked replayed, no job queued"
+            else:
+                entry = _entry(now, by, None, ReplayOutcome.ALREADY_SUCCEEDED)
+                if not await self._letters.close_as_replayed(
+                    key, seen_replays=seen, entry=entry, now=now
+                ):
+                    return await self._lost_race(key, dry_run)
+                log.info("dlq.replay_not_needed", idempotency_key=key, by=by)
+            return _result(key, ReplayAction.ALREADY_SUCCEEDED, dry_run, detail)
+        queued = _queued_event(document, by=by, now=now)
+        job_id = replay_job_id(key, seen + 1)
+        warning = _permanent_warning(document)
+        if dry_run:
+            return _result(
+                key,
+                ReplayAction.WOULD_ENQUEUE,
+                dry_run,
+                "a replay job would be queued",
+                warning=warning,
+            )
+        entry = _entry(now, by, job_id, None)
+        if not await self._letters.begin_replay(key, seen_replays=seen, entry=entry, now=now):
+            return await self._lost_race(key, dry_run)
+        try:
+            stored = await self._enqueuer.enqueue(job_id, queued)
+        except QueueUnavailable:
+            await self._letters.abandon_replay(key, job_id=job_id, now=self._clock())
+            log.warning("dlq.replay_not_queued", idempotency_key=key, job_id=job_id, by=by)
+            raise
+        if not stored:
+            # Only possible if an earlier enqueue of this id reported a failure yet
+            # reached Redis: that job is the replay, and it writes this entry's outcome.
+            log.warning("dlq.replay_job_existed", idempotency_key=key, job_id=job_id)
+        log.info("dlq.replay_enqueued", idempotency_key=key, job_id=job_id, by=by)
+        return _result(
+            key,
+            ReplayAction.ENQUEUED,
+            dry_run,
+            "replay job queued",
+            job_id=job_id,
+            warning=warning,
+        )
+
+    async def _live_replay(self, document: Document) -> str | None:
+        """The job id of a replay still in flight, if any.
+
+        In flight: an entry without outcome whose job is queued or running in
+        Redis, or younger than :data:`ENQUEUE_GRACE_S`. An older entry whose
+        job is gone was lost (e.g. a Redis crash); it no longer blocks a replay.
+        """
+        now = self._clock()
+        for entry in reversed(document.get("replays", ())):
+            job_id = entry.get("job_id")
+            if entry.get("outcome") is not None or not job_id:
+                continue
+            at = entry.get("at")
+            if isinstance(at, datetime) and (now - at).total_seconds() < ENQUEUE_GRACE_S:
+                return str(job_id)
+            try:
+                found = await self._redis.exists(
+                    job_key_prefix + job_id, in_progress_key_prefix + job_id
+                )
+            except (RedisError, OSError) as exc:
+                raise QueueUnavailable(
+                    f"redis did not answer whether replay job {job_id} is queued: "
+                    f"{type(exc).__name__}"
+                ) from exc
+            if found:
+                return str(job_id)
+        return None
+
+    async def _lost_race(self, key: str, dry_run: bool) -> ReplayResult:
+        """Another operator changed the document between our read and our write."""
+        document = await self._letters.get(key)
+        if document is None:
+            raise DeadLetterNotFound(key)
+        if document.get("status") == DeadLetterStatus.DISCARDED:
+            raise NotReplayable(f"{key} was discarded meanwhile")
+        if document.get("status") == DeadLetterStatus.REPLAYED:
+            return _result(
+                key, ReplayAction.ALREADY_REPLAYED, dry_run, "already replayed; nothing to do"
+            )
+        replays = document.get("replays") or [{}]
+        return _result(
+            key,
+            ReplayAction.IN_FLIGHT,
+            dry_run,
+            "another replay started at the same time",
+            job_id=replays[-1].get("job_id"),
+        )
+
+    # discarding
+
+    async def discard(self, key: str, *, by: str, reason: str | None) -> DiscardResult:
+        """Mark a ``pending`` dead letter ``discarded``: it will never be replayed."""
+        if reason is None or not reason.strip():
+            raise DiscardReasonRequired
+        reason = _text(reason, "reason")
+        by = _text(by, "by")
+        for _ in range(2):
+            document = await self._letters.get(key)
+            if document is None:
+                raise DeadLetterNotFound(key)
+            status = document.get("status")
+            if status == DeadLetterStatus.DISCARDED:
+                return DiscardResult(
+                    idempotency_key=key,
+                    status=DeadLetterStatus.DISCARDED.value,
+                    discard_reason=str(document.get("discard_reason")),
+                    discarded_by=document.get("discarded_by"),
+                    already_discarded=True,
+                )
+            if status == DeadLetterStatus.REPLAYED:
+                raise NotDiscardable(f"{key} was replayed successfully; nothing to discard")
+            live = await self._live_replay(document)
+            if live is not None:
+                raise NotDiscardable(
+                    f"a replay of {key} is in flight (job {live}); wait for its outcome"
+                )
+            seen = len(document.get("replays", ()))
+            if await self._letters.discard(
+                key, seen_replays=seen, by=by, reason=reason, now=self._clock()
+            ):
+                log.info("dlq.discarded", idempotency_key=key, by=by, reason=reason)
+                return DiscardResult(
+                    idempotency_key=key,
+                    status=DeadLetterStatus.DISCARDED.value,
+                    discard_reason=reason,
+                    discarded_by=by,
+                    already_discarded=False,
+                )
+        raise NotDiscardable(f"{key} keeps changing (replays in progress); try again")
+
+
+# ── document → view ─────────────────────────────────────────────────────────
+
+
+def _pending_only(selection: DeadLetterFilter) -> DeadLetterFilter:
+    if selection.status not in (None, DeadLetterStatus.PENDING):
+        raise InvalidRequest(
+            f"only pending dead letters can be replayed, not status={selection.status}"
+        )
+    return msgspec.structs.replace(selection, status=DeadLetterStatus.PENDING)
+
+
+def _entry(now: datetime, by: str, job_id: str | None, outcome: ReplayOutcome | None) -> Document:
+    return {
+        "at": now,
+        "by": by,
+        "job_id": job_id,
+        "outcome": None if outcome is None else outcome.value,
+    }
+
+
+def _result(
+    key: str,
+    action: ReplayAction,
+    dry_run: bool,
+    detail: str,
+    *,
+    job_id: str | None = None,
+    warning: str | None = None,
+) -> ReplayResult:
+    return ReplayResult(
+        idempotency_key=key,
+        action=action,
+        job_id=job_id,
+        dry_run=dry_run,
+        detail=detail,
+        warning=warning,
+    )
+
+
+def _permanent_warning(document: Document) -> str | None:
+    if document.get("reason") != DeadLetterReason.PERMANENT:
+        return None
+    code = _error(document.get("error")).code
+    return f"dead-lettered for a permanent error ({code}): fails again unless its cause was fixed"
+
+
+def _queued_event(document: Document, *, by: str, now: datetime) -> QueuedEvent:
+    key: str = document["_id"]
+    source = document.get("source")
+    try:
+        event = msgspec.convert(document.get("event"), CourierEvent)
+    except msgspec.ValidationError as exc:
+        raise NotReplayable(
+            f"the stored event of {key} is not a valid courier event ({exc}); discard it"
+        ) from exc
+    if not isinstance(source, str) or idempotency_key(source, event.event_id) != key:
+        raise NotReplayable(f"the stored event of {key} does not belong to that key; discard it")
+    at_ms = int(now.timestamp() * 1000)
+    return QueuedEvent(
+        idempotency_key=key,
+        source=source,
+        event=event,
+        # The courier's request id, so one search finds the original run and the replay.
+        request_id=document.get("request_id") or f"replay_{uuid.uuid4().hex}",
+        received_at_ms=at_ms,
+        replay=ReplayRef(by=by, at_ms=at_ms),
+    )
+
+
+def _error(value: Any) -> ErrorView:
+    if not isinstance(value, Mapping):
+        return ErrorView("unknown", "")
+    return ErrorView(str(value.get("code", "unknown")), str(value.get("message", "")))
+
+
+def _attempts(values: Any) -> list[AttemptView]:
+    return [msgspec.convert(v, AttemptView) for v in values or ()]
+
+
+def _replays(values: Any) -> list[ReplayEntry]:
+    return [msgspec.convert(v, ReplayEntry) for v in values or ()]
+
+
+def _summary(document: Document) -> DeadLetterSummary:
+    event = document.get("event")
+    replays = _replays(document.get("replays"))
+    return DeadLetterSummary(
+        idempotency_key=document["_id"],
+        source=str(document.get("source", "")),
+        event_id=document.get("event_id"),
+        shipment_id=document.get("shipment_id"),
+        event_type=event.get("event_type") if isinstance(event, Mapping) else None,
+        reason=str(document.get("reason")),
+        error=_error(document.get("error")),
+        attempts=len(document.get("attempts") or ()),
+        dead_lettered_at=document["dead_lettered_at"],
+        status=str(document.get("status")),
+        replays=len(replays),
+        last_replay=replays[-1] if replays else None,
+    )
+
+
+def _detail(document: Document, record: EventRecord | None) -> DeadLetterDetail:
+    event = document.get("event")
+    return DeadLetterDetail(
+        idempotency_key=document["_id"],
+        source=str(document.get("source", "")),
+        event_id=document.get("event_id"),
+        shipment_id=document.get("shipment_id"),
+        request_id=document.get("request_id"),
+        reason=str(document.get("reason")),
+        error=_error(document.get("error")),
+        status=str(document.get("status")),
+        dead_lettered_at=document["dead_lettered_at"],
+        created_at=document.get("created_at"),
+        updated_at=document.get("updated_at"),
+        event=dict(event) if isinstance(event, Mapping) else None,
+        attempts=_attempts(document.get("attempts")),
+        replays=_replays(document.get("replays")),
+        discard_reason=document.get("discard_reason"),
+        discarded_by=document.get("discarded_by"),
+        discarded_at=document.get("discarded_at"),
+        processing=record,
+    )
+
+
+def _event_record(record: Document, letter: Document | None) -> EventRecord:
+    last_error = record.get("last_error")
+    return EventRecord(
+        idempotency_key=record["_id"],
+        status=str(record.get("status")),
+        attempts=int(record.get("attempts", 0)),
+        last_error=None if last_error is None else _error(last_error),
+        attempt_log=_attempts(record.get("attempt_log")),
+        first_seen_at=record.get("first_seen_at"),
+        updated_at=record.get("updated_at"),
+        completed_at=record.get("completed_at"),
+        lease_owner=record.get("lease_owner"),
+        lease_until=record.get("lease_until"),
+        dead_letter_status=None if letter is None else letter.get("status"),
+    )

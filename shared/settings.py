@@ -1,0 +1,272 @@
+"""Process settings, read once from ``GATEWAY_*`` environment variables.
+
+The environment is read in exactly one place, :func:`load_settings`, at process
+start. Everything else receives a frozen :class:`Settings` instance; tests build
+one directly with :func:`Settings` keyword arguments instead of patching
+``os.environ``.
+
+Invalid settings raise :class:`SettingsError`, whose message names the variable
+(``GATEWAY_MAX_ATTEMPTS: Expected `int` >= 1, got `0```); the console entry
+points turn it into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ENV_PREFIX",
+    "SOURCE_ID_PATTERN",
+    "Settings",
+    "SettingsError",
+    "SourceConfig",
+    "check_worker_timing",
+    "decode_secret",
+    "load_settings",
+    "redact_url",
+]
+
+ENV_PREFIX = "GATEWAY_"
+SOURCE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
+
+Scheme = Literal["standard", "hex"]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A ``GATEWAY_*`` variable is missing, malformed or out of range."""
+
+
+class SourceConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """One courier allowed to post events.
+
+    ``secrets`` holds every currently active signing secret (rotation: any one
+    matching accepts). For the ``standard`` scheme each is ``whsec_<base64 key>``;
+    for the legacy ``hex`` scheme the HMAC key is the secret string's UTF-8 bytes.
+    """
+
+    secrets: Annotated[tuple[str, ...], Meta(min_length=1)]
+    scheme: Scheme = "standard"
+
+    def __repr__(self) -> str:
+        return f"SourceConfig(scheme={self.scheme!r}, secrets=<{len(self.secrets)} redacted>)"
+
+    def hmac_keys(self) -> tuple[bytes, ...]:
+        """The raw HMAC keys, in the order the secrets were configured."""
+        if self.scheme == "hex":
+            return tuple(s.encode() for s in self.secrets)
+        return tuple(decode_secret(s) for s in self.secrets)
+
+
+class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a gateway process is configured with.
+
+    Each field ``name`` is read from ``GATEWAY_<NAME>``; units are in the name.
+    """
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the arq queue (``redis://``, ``rediss://`` or ``unix://``)."""
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    """MongoDB connection string."""
+    mongo_db: str = "gateway"
+    """MongoDB database holding processed_events, active_shipments, dead_letter_events."""
+    queue_name: str = "gateway:events"
+    """arq queue (a Redis sorted set) the API enqueues to and workers drain."""
+    sources: Mapping[str, SourceConfig] = msgspec.field(default_factory=dict)
+    """Configured couriers, from ``GATEWAY_SOURCES`` or ``GATEWAY_SOURCES_FILE``."""
+    admin_token: str | None = None
+    """Bearer token for ``/v1/admin``; the admin API answers 404 when unset."""
+    downstream_url: str | None = None
+    """Where workers POST shipment updates; no delivery step when unset."""
+    downstream_secret: str | None = None
+    """``whsec_`` secret that signs downstream deliveries (Standard Webhooks)."""
+    downstream_timeout_s: PositiveFloat = 5.0
+    """Total timeout of one downstream delivery."""
+    signature_tolerance_s: Annotated[int, Meta(ge=0)] = 300
+    """Allowed clock skew between ``webhook-timestamp`` and now, either way."""
+    max_body_bytes: PositiveInt = 262_144
+    """Largest accepted request body; a body of exactly this size is accepted."""
+    max_attempts: PositiveInt = 6
+    """Failed attempts after which a transiently failing event is dead-lettered."""
+    backoff_base_s: PositiveFloat = 1.0
+    """Upper bound of the first retry delay."""
+    backoff_multiplier: Annotated[float, Meta(ge=1)] = 4.0
+    """Growth of the delay bound per attempt."""
+    backoff_cap_s: PositiveFloat = 300.0
+    """Largest delay bound."""
+    job_timeout_s: PositiveFloat = 30.0
+    """Longest one job may run; a SIGKILLed worker's job reruns after this + 10 s."""
+    lease_s: PositiveFloat = 45.0
+    """How long a worker's claim on an idempotency key lasts before others may take over."""
+    shutdown_grace_s: NonNegativeFloat = 20.0
+    """On SIGTERM, how long running jobs may finish before they are cancelled."""
+    keep_result_s: PositiveInt = 86_400
+    """How long the queue remembers a finished key (the API's duplicate window)."""
+    dedupe_ttl_s: PositiveInt = 30 * 86_400
+    """How long a succeeded key is kept in processed_events (the worker's dedupe window)."""
+    worker_concurrency: PositiveInt = 20
+    """Jobs one worker process runs at once (arq ``max_jobs``)."""
+    worker_metrics_port: Port = 9100
+    """Port of a worker's ``/metrics`` and health endpoint (0 picks a free one)."""
+    worker_health_interval_s: PositiveFloat = 10.0
+    """How often a worker refreshes its own health key in Redis."""
+    host: str = "127.0.0.1"
+    """Interface the API binds."""
+    port: Port = 8000
+    """Port the API binds."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    worker_id: str | None = None
+    """Name of this worker in its health key, logs and leases; default ``{hostname}-{pid}``."""
+    worker_metrics_host: str = "127.0.0.1"
+    """Interface a worker's ``/metrics`` server binds (``0.0.0.0`` in containers)."""
+    worker_poll_delay_s: PositiveFloat = 0.1
+    """How often an idle worker polls the queue for due jobs (arq ``poll_delay``)."""
+    mongo_timeout_s: PositiveFloat = 5.0
+    """Server selection, connect and socket timeout of a worker's MongoDB operations."""
+
+    def __repr__(self) -> str:
+        shown = {
+            "redis_url": redact_url(self.redis_url),
+            "mongo_url": redact_url(self.mongo_url),
+            "queue_name": self.queue_name,
+            "sources": sorted(self.sources),
+        }
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())}, ...)"
+
+
+def decode_secret(secret: str) -> bytes:
+    """Return the HMAC key of a ``whsec_<base64>`` secret (Standard Webhooks)."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("secret must start with 'whsec_'")
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error as exc:
+        raise ValueError("secret is not valid base64 after 'whsec_'") from exc
+    if len(key) < 16:
+        raise ValueError("secret key must be at least 16 bytes")
+    return key
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_FIELD_ENV = {name: ENV_PREFIX + name.upper() for name in Settings.__struct_fields__}
+_JSON_FIELDS = {"sources"}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Decode :class:`Settings` from ``GATEWAY_*`` variables in ``environ``.
+
+    Unknown ``GATEWAY_*`` names are ignored so newer deployments can add
+    variables; a variable that is set but empty counts as unset.
+    """
+    raw: dict[str, Any] = {}
+    for name, env in _FIELD_ENV.items():
+        value = environ.get(env, "")
+        if value == "" or name in _JSON_FIELDS:
+            continue
+        raw[name] = value
+    raw["sources"] = _read_sources(environ)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_name_variable(str(exc))) from exc
+    _check_sources(settings.sources)
+    if settings.downstream_url and not settings.downstream_secret:
+        raise SettingsError(
+            "GATEWAY_DOWNSTREAM_SECRET: required when GATEWAY_DOWNSTREAM_URL is set"
+        )
+    if settings.downstream_secret:
+        try:
+            decode_secret(settings.downstream_secret)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_DOWNSTREAM_SECRET: {exc}") from exc
+    check_worker_timing(settings)
+    return settings
+
+
+def check_worker_timing(settings: Settings) -> None:
+    """Raise :class:`SettingsError` unless a job can never outlive its lease.
+
+    A worker's claim on an idempotency key must last longer than arq lets the
+    job run; otherwise a second worker could take the key over while the first
+    is still applying it.
+    """
+    if settings.lease_s <= settings.job_timeout_s:
+        raise SettingsError(
+            f"GATEWAY_LEASE_S: must exceed GATEWAY_JOB_TIMEOUT_S ({settings.job_timeout_s:g} s), "
+            f"got {settings.lease_s:g} s"
+        )
+
+
+def _read_sources(environ: Mapping[str, str]) -> Any:
+    inline = environ.get("GATEWAY_SOURCES", "")
+    path = environ.get("GATEWAY_SOURCES_FILE", "")
+    if inline and path:
+        raise SettingsError("GATEWAY_SOURCES: set either GATEWAY_SOURCES or GATEWAY_SOURCES_FILE")
+    variable, text = "GATEWAY_SOURCES", inline
+    if path:
+        variable = "GATEWAY_SOURCES_FILE"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"GATEWAY_SOURCES_FILE: cannot read {path!r}: {exc.strerror}"
+            ) from exc
+    if not text.strip():
+        return {}
+    try:
+        return msgspec.json.decode(text, type=dict[str, SourceConfig])
+    except msgspec.DecodeError as exc:
+        raise SettingsError(f"{variable}: {exc}") from exc
+
+
+def _check_sources(sources: Mapping[str, SourceConfig]) -> None:
+    for source_id, config in sources.items():
+        if not SOURCE_ID_PATTERN.fullmatch(source_id):
+            raise SettingsError(
+                f"GATEWAY_SOURCES: source id {source_id!r} must match {SOURCE_ID_PATTERN.pattern}"
+            )
+        for position, secret in enumerate(config.secrets):
+            if config.scheme == "hex":
+                if len(secret) < 16:
+                    raise SettingsError(
+                        f"GATEWAY_SOURCES: {source_id}.secrets[{position}]: "
+                        "hex-scheme secret must be at least 16 characters"
+                    )
+                continue
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"GATEWAY_SOURCES: {source_id}.secrets[{position}]: {exc}"
+                ) from exc
+
+
+def _name_variable(message: str) -> str:
+    """Turn msgspec's ``... - at `$.max_attempts``` into ``GATEWAY_MAX_ATTEMPTS: ...``."""
+    match = re.search(r" - at `\$\.(\w+)", message)
+    if match is None:
+        return f"GATEWAY_*: {message}"
+    field = match.group(1)
+    return f"{_FIELD_ENV.get(field, field)}: {message[: match.start()]}"

@@ -1,0 +1,325 @@
+"""``processed_events``: one document per idempotency key, with a lease.
+
+The document is the worker pool's record of what happened to a key (SPEC §4.1)::
+
+    (absent) ──claim──▶ processing ──mark_succeeded──▶ succeeded
+                          │  ▲   │
+          record_failure  │  │   └──mark_dead_lettered──▶ dead_lettered
+          release         ▼  │claim                          │
+                        retrying                             │ claim (replay job only)
+                                                             ▼
+                                                         processing
+
+A claim is a lease: ``lease_until`` (worker clock), ``lease_job_id`` (the arq
+job id), ``lease_owner`` (the worker id) and ``lease_token`` (fresh per run).
+Every write that ends a run is conditioned on the token, so a run whose lease
+was taken over cannot overwrite its successor's outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+from msgspec import Struct
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.storage.mongo import PROCESSED_EVENTS, Document, translate_errors
+
+__all__ = [
+    "AlreadyDone",
+    "AttemptRecord",
+    "Claim",
+    "Claimed",
+    "EventStatus",
+    "Leased",
+    "ProcessedEvents",
+]
+
+_LEASE_FIELDS: Final = {"lease_until": "", "lease_job_id": "", "lease_owner": "", "lease_token": ""}
+
+
+class EventStatus(enum.StrEnum):
+    """Values of ``processed_events.status``."""
+
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class AttemptRecord(Struct, frozen=True, kw_only=True):
+    """One failed attempt, as kept in ``attempt_log`` and in a dead letter's ``attempts``.
+
+    ``retry_in_ms`` (``attempt_log`` only) is the delay chosen before the next
+    attempt; ``None`` when the attempt ended in a dead letter.
+    """
+
+    attempt: int
+    at: datetime
+    code: str
+    message: str
+    transient: bool
+    duration_ms: int
+    retry_in_ms: int | None = None
+
+    def to_document(self) -> Document:
+        """The ``attempt_log`` entry."""
+        return {
+            "attempt": self.attempt,
+            "at": self.at,
+            "code": self.code,
+            "message": self.message,
+            "transient": self.transient,
+            "duration_ms": self.duration_ms,
+            "retry_in_ms": self.retry_in_ms,
+        }
+
+    def to_dead_letter_document(self) -> Document:
+        """The entry of a dead letter's ``attempts`` list (exactly SPEC §4.1's fields)."""
+        document = self.to_document()
+        del document["retry_in_ms"]
+        return document
+
+
+class Claimed(Struct, frozen=True):
+    """This run holds the key's lease; ``attempts`` failed attempts happened before."""
+
+    attempts: int
+    attempt_log: tuple[AttemptRecord, ...]
+
+
+class AlreadyDone(Struct, frozen=True):
+    """The key reached a terminal status (``succeeded`` or ``dead_lettered``)."""
+
+    status: EventStatus
+
+
+class Leased(Struct, frozen=True):
+    """Another job holds a live lease on the key until ``lease_until``."""
+
+    lease_until: datetime
+    owner: str | None
+
+
+Claim = Claimed | AlreadyDone | Leased
+
+
+class ProcessedEvents:
+    """Domain operations on ``processed_events``; every PyMongo error is translated."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._collection: AsyncCollection[Document] = db[PROCESSED_EVENTS]
+
+    async def claim(
+        self,
+        key: str,
+        *,
+        source: str,
+        event_id: str,
+        job_id: str,
+        owner: str,
+        token: str,
+        now: datetime,
+        lease_s: float,
+        replay: bool = False,
+    ) -> Claim:
+        """Take the key's lease, or report why not.
+
+        Claimable: absent, ``retrying``, ``processing`` under an expired lease,
+        ``processing`` under this same arq job id (arq never runs one job id
+        twice at once, so that lease belongs to a run that died), and, for an
+        operator's replay only, ``dead_lettered`` (its attempt count restarts
+        at 0; the log is kept). One round trip when the claim succeeds.
+        """
+        claimable: list[Document] = [
+            {"status": EventStatus.RETRYING},
+            {"status": EventStatus.PROCESSING, "lease_until": {"$lt": now}},
+            {"status": EventStatus.PROCESSING, "lease_job_id": job_id},
+        ]
+        if replay:
+            claimable.append({"status": EventStatus.DEAD_LETTERED})
+        query = {"_id": key, "$or": claimable}
+        update = _claim_pipeline(
+            source=source,
+            event_id=event_id,
+            job_id=job_id,
+            owner=owner,
+            token=token,
+            now=now,
+            lease_until=now + timedelta(seconds=lease_s),
+        )
+        # The slow path runs at most twice: a lease that expired or a key that
+        # became `retrying` between the failed upsert and the read is claimed again.
+        for _ in range(2):
+            with translate_errors("claim"):
+                try:
+                    document = await self._collection.find_one_and_update(
+                        query,
+                        update,
+                        projection={"attempts": True, "attempt_log": True},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError:
+                    # The key exists and is not claimable by this run: find out why.
+                    document = None
+            if document is not None:
+                return Claimed(
+                    attempts=int(document.get("attempts", 0)),
+                    attempt_log=tuple(
+                        msgspec.convert(entry, AttemptRecord)
+                        for entry in document.get("attempt_log", ())
+                    ),
+                )
+            with translate_errors("claim.read"):
+                current = await self._collection.find_one(
+                    {"_id": key}, {"status": True, "lease_until": True, "lease_owner": True}
+                )
+            if current is None:
+                continue
+            status = current.get("status")
+            if status == EventStatus.SUCCEEDED or (
+                status == EventStatus.DEAD_LETTERED and not replay
+            ):
+                return AlreadyDone(status=EventStatus(status))
+            lease_until = current.get("lease_until")
+            if status == EventStatus.PROCESSING and lease_until is not None and lease_until >= now:
+                return Leased(lease_until=lease_until, owner=current.get("lease_owner"))
+        # Claimable on read but not on write twice in a row: someone else keeps
+        # winning the key; back off for a moment as if it were leased.
+        return Leased(lease_until=now + timedelta(seconds=1), owner=None)
+
+    async def mark_succeeded(self, key: str, *, token: str, now: datetime) -> bool:
+        """End this run's lease with ``succeeded``; ``False`` if the lease was lost."""
+        return await self._end_run(
+            "mark_succeeded",
+            {"_id": key, "lease_token": token},
+            {"status": EventStatus.SUCCEEDED, "completed_at": now, "updated_at": now},
+        )
+
+    async def record_failure(
+        self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
+    ) -> bool:
+        """Count a failed attempt and set ``retrying``; ``False`` if the lease was lost."""
+        return await self._end_run(
+            "record_failure",
+            {"_id": key, "lease_token": token},
+            {"status": EventStatus.RETRYING, "updated_at": now},
+            attempt,
+        )
+
+    async def mark_dead_lettered(
+        self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
+    ) -> bool:
+        """Count the final attempt and set ``dead_lettered``; ``False`` if the lease was lost."""
+        return await self._end_run(
+            "mark_dead_lettered",
+            {"_id": key, "lease_token": token},
+            {"status": EventStatus.DEAD_LETTERED, "completed_at": now, "updated_at": now},
+            attempt,
+        )
+
+    async def release(self, key: str, *, token: str, now: datetime) -> bool:
+        """Give the lease back without counting an attempt (the run was cancelled)."""
+        return await self._end_run(
+            "release",
+            {"_id": key, "lease_token": token, "status": EventStatus.PROCESSING},
+            {"status": EventStatus.RETRYING, "updated_at": now},
+        )
+
+    async def _end_run(
+        self,
+        operation: str,
+        match: Document,
+        fields: Document,
+        attempt: AttemptRecord | None = None,
+    ) -> bool:
+        """End a run's lease with one update; ``False`` if ``match`` (its lease) no longer holds."""
+        update: Document = {"$set": fields, "$unset": _LEASE_FIELDS}
+        if attempt is not None:
+            fields["attempts"] = attempt.attempt
+            fields["last_error"] = {"code": attempt.code, "message": attempt.message}
+            update["$push"] = {"attempt_log": attempt.to_document()}
+        with translate_errors(operation):
+            result = await self._collection.update_one(match, update)
+        return result.matched_count == 1
+
+    async def mark_undecodable(self, key: str, *, code: str, message: str, now: datetime) -> None:
+        """Record a job whose payload could not be decoded as ``dead_lettered``.
+
+        Only when the key has no document yet: a payload we cannot read must not
+        overwrite what a readable job of the same key did.
+        """
+        with translate_errors("mark_undecodable"):
+            await self._collection.update_one(
+                {"_id": key},
+                {
+                    "$setOnInsert": {
+                        "status": EventStatus.DEAD_LETTERED,
+                        "attempts": 1,
+                        "last_error": {"code": code, "message": message},
+                        "first_seen_at": now,
+                        "completed_at": now,
+                        "updated_at": now,
+                    }
+                },
+                upsert=True,
+            )
+
+    async def get(self, key: str) -> Document | None:
+        """The key's document, or ``None``."""
+        with translate_errors("get"):
+            return await self._collection.find_one({"_id": key})
+
+    async def status(self, key: str) -> EventStatus | None:
+        """The key's status (one small read), or ``None`` if the key is unknown."""
+        with translate_errors("status"):
+            document = await self._collection.find_one({"_id": key}, {"status": True})
+        if document is None or document.get("status") is None:
+            return None
+        return EventStatus(document["status"])
+
+
+def _claim_pipeline(
+    *,
+    source: str,
+    event_id: str,
+    job_id: str,
+    owner: str,
+    token: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Document]:
+    # An update pipeline (not operators) so that a replay's claim of a
+    # dead-lettered key can restart the attempt count in the same round trip.
+    fields: dict[str, Any] = {
+        "source": {"$ifNull": ["$source", _literal(source)]},
+        "event_id": {"$ifNull": ["$event_id", _literal(event_id)]},
+        "first_seen_at": {"$ifNull": ["$first_seen_at", now]},
+        "attempts": {
+            "$cond": [
+                {"$eq": ["$status", EventStatus.DEAD_LETTERED]},
+                0,
+                {"$ifNull": ["$attempts", 0]},
+            ]
+        },
+        "attempt_log": {"$ifNull": ["$attempt_log", []]},
+        "status": _literal(EventStatus.PROCESSING),
+        "lease_until": lease_until,
+        "lease_job_id": _literal(job_id),
+        "lease_owner": _literal(owner),
+        "lease_token": _literal(token),
+        "updated_at": now,
+    }
+    return [{"$set": fields}, {"$unset": ["completed_at"]}]
+
+
+def _literal(value: object) -> Document:
+    # Strings from couriers may start with "$"; in a pipeline that would be a field path.
+    return {"$literal": value}

@@ -1,0 +1,120 @@
+"""Session-wide real services and per-test isolation.
+
+* ``redis_server``: a private ``redis-server`` on a free port, which tests may
+  stop and restart; every test starts with it running and empty.
+* ``mongo_url``: the embedded MongoDB-wire server (mongoeco) in a child process,
+  or a real MongoDB when ``GATEWAY_TEST_MONGO_URL`` is set. Each test gets its
+  own database name, dropped afterwards, so tests never see each other's data.
+* ``settings``: :class:`Settings` pointing at both, with per-run test secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from scripts.services import EmbeddedMongo, RedisServer
+from shared.queue import open_queue_pool
+from shared.settings import Settings, SourceConfig
+from shared.signing import generate_secret
+from shared.storage.mongo import Document, open_mongo
+
+# Test-only secrets, generated fresh for every run.
+TEST_SECRETS = (generate_secret(), generate_secret())
+TEST_HEX_SECRET = "test-only-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    external = os.environ.get("GATEWAY_TEST_MONGO_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedMongo() as server:
+        yield server.url
+
+
+@pytest.fixture
+def mongo_db_name(request: pytest.FixtureRequest) -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_settings(
+    redis_server: RedisServer, mongo_url: str, mongo_db_name: str
+) -> Callable[..., Settings]:
+    """Build :class:`Settings` for this test's services; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "mongo_url": mongo_url,
+            "mongo_db": mongo_db_name,
+            "queue_name": "gateway:test-events",
+            "sources": {
+                "acme": SourceConfig(secrets=TEST_SECRETS),
+                "legacy": SourceConfig(secrets=(TEST_HEX_SECRET,), scheme="hex"),
+            },
+            "log_format": "json",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer, settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A client to the test's Redis, started if a previous test stopped it, and emptied."""
+    redis_server.start()
+    pool = await open_queue_pool(redis_server.url, settings.queue_name, retries=0)
+    await pool.flushall()
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+@pytest.fixture
+async def mongo_client(mongo_url: str) -> AsyncIterator[AsyncMongoClient[Document]]:
+    client = open_mongo(mongo_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def mongo_db(
+    mongo_client: AsyncMongoClient[Document], settings: Settings
+) -> AsyncIterator[AsyncDatabase[Document]]:
+    """This test's own database, dropped afterwards."""
+    db = mongo_client[settings.mongo_db]
+    try:
+        yield db
+    finally:
+        await mongo_client.drop_database(settings.mongo_db)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
