@@ -1,0 +1,171 @@
+"""What one API app owns: settings, metrics, source verifiers and its clients.
+
+One :class:`ApiResources` is built per app by :func:`gateway_api.app.create_app`
+and stored in ``app.state.resources``. The clients (the arq Redis pool with its
+:class:`~shared.queue.Enqueuer`, and the MongoDB client used only for
+readiness) are opened by :meth:`ApiResources.open` in the Litestar lifespan
+and closed by :meth:`ApiResources.close`; nothing is created per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from arq.connections import ArqRedis
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.exceptions import RedisError
+
+from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
+from shared.contracts import QueuedEvent
+from shared.queue import Enqueuer, QueueUnavailable, open_queue_pool
+from shared.settings import SOURCE_ID_PATTERN, Settings, SettingsError, SourceConfig, redact_url
+from shared.signing import verify_hex, verify_standard
+from shared.storage.mongo import Document, open_mongo
+
+if TYPE_CHECKING:
+    from litestar.types import Scope
+
+__all__ = ["ENQUEUE_TIMEOUT_S", "INGEST_PATH", "INGEST_ROUTE", "ApiResources", "SourceVerifier"]
+
+INGEST_PATH: Final = "/v1/events/{source:str}"
+"""The ingest route as declared."""
+INGEST_ROUTE: Final = "/v1/events/{source}"
+"""The ingest route's template as Litestar reports it (``scope["path_template"]``)."""
+ENQUEUE_TIMEOUT_S: Final = 2.0
+"""Longest an ingest request waits for Redis before answering 503."""
+READINESS_TIMEOUT_S: Final = 1.0
+"""Longest one readiness check waits for its dependency."""
+
+
+class SourceVerifier:
+    """Checks a request's signature under one source's keys and scheme."""
+
+    __slots__ = ("_keys", "_tolerance_s", "scheme")
+
+    def __init__(self, config: SourceConfig, tolerance_s: int) -> None:
+        self.scheme = config.scheme
+        self._keys = config.hmac_keys()
+        self._tolerance_s = tolerance_s
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
+        """Return if the signature is valid; raise :class:`shared.signing.SignatureError` if not."""
+        if self.scheme == "hex":
+            verify_hex(self._keys, headers, body)
+        else:
+            verify_standard(self._keys, headers, body, now=now, tolerance_s=self._tolerance_s)
+
+
+def _verifiers(settings: Settings) -> dict[str, SourceVerifier]:
+    verifiers: dict[str, SourceVerifier] = {}
+    for source_id, config in settings.sources.items():
+        # load_settings checks this too; Settings built in code skip load_settings.
+        if not SOURCE_ID_PATTERN.fullmatch(source_id):
+            raise SettingsError(
+                f"GATEWAY_SOURCES: source id {source_id!r} must match {SOURCE_ID_PATTERN.pattern}"
+            )
+        try:
+            verifiers[source_id] = SourceVerifier(config, settings.signature_tolerance_s)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_SOURCES: {source_id}: {exc}") from exc
+    return verifiers
+
+
+class ApiResources:
+    """Everything one API app instance holds; clients exist between open() and close()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifiers = _verifiers(settings)
+        self.metrics = ApiMetrics(self.verifiers)
+        self._redis: ArqRedis | None = None
+        self._enqueuer: Enqueuer | None = None
+        self._mongo: AsyncMongoClient[Document] | None = None
+
+    async def open(self) -> None:
+        """Open the Redis pool (failing fast if Redis is unreachable) and the Mongo client."""
+        settings = self.settings
+        try:
+            self._redis = await open_queue_pool(settings.redis_url, settings.queue_name, retries=0)
+            self._enqueuer = Enqueuer(self._redis, settings.queue_name, timeout_s=ENQUEUE_TIMEOUT_S)
+            await self._enqueuer.load_script()
+        except (RedisError, OSError) as exc:
+            await self.close()
+            raise QueueUnavailable(
+                f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}"
+            ) from exc
+        # PyMongo connects lazily: this never blocks, and Mongo is only used for readiness.
+        self._mongo = open_mongo(settings.mongo_url, timeout_s=READINESS_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Let in-flight enqueues finish (for a bounded time), then close the clients."""
+        if self._enqueuer is not None:
+            enqueuer, self._enqueuer = self._enqueuer, None
+            # Every request waiting on them has been answered (at worst 503 after
+            # ENQUEUE_TIMEOUT_S); a hung Redis must not hang shutdown too.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+                    await enqueuer.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._mongo is not None:
+            await self._mongo.close()
+            self._mongo = None
+
+    @property
+    def redis(self) -> ArqRedis:
+        """The arq Redis pool (between open() and close())."""
+        if self._redis is None:
+            raise RuntimeError("the API's Redis pool is not open")
+        return self._redis
+
+    @property
+    def enqueuer(self) -> Enqueuer:
+        """The ingest route's enqueuer, shared with admin replays (between open() and close())."""
+        if self._enqueuer is None:
+            raise RuntimeError("the API's enqueuer is not open")
+        return self._enqueuer
+
+    @property
+    def mongo_db(self) -> AsyncDatabase[Document]:
+        """The gateway's database (between open() and close())."""
+        if self._mongo is None:
+            raise RuntimeError("the API's MongoDB client is not open")
+        return self._mongo[self.settings.mongo_db]
+
+    async def enqueue(self, job: QueuedEvent) -> bool:
+        """Queue ``job`` under its idempotency key: True if stored, False if the key exists.
+
+        One retry on :class:`QueueUnavailable` lets the first request after a
+        Redis restart succeed even if it drew a pooled connection that died
+        with the old server. A retry that finds the key existing proves the
+        job is in Redis, so answering "duplicate" then is truthful. The whole
+        call is bounded by the enqueuer's own deadline (:data:`ENQUEUE_TIMEOUT_S`
+        per attempt): a hung Redis gives 503, not a hung request.
+        """
+        enqueuer = self._enqueuer
+        if enqueuer is None:
+            raise QueueUnavailable("the API is not started")
+        key = job.idempotency_key
+        started = time.perf_counter()
+        try:
+            try:
+                return await enqueuer.enqueue(key, job)
+            except QueueUnavailable:
+                return await enqueuer.enqueue(key, job)
+        finally:
+            self.metrics.enqueue_duration.observe(time.perf_counter() - started)
+
+    def is_ingest(self, scope: Scope) -> bool:
+        """Whether this request was routed to ``POST /v1/events/{source}``."""
+        return scope.get("path_template") == INGEST_ROUTE
+
+    def source_label(self, scope: Scope) -> str:
+        """The request's source as a bounded metric/log label: configured id or ``_unknown``."""
+        source = scope.get("path_params", {}).get("source")
+        return source if source in self.verifiers else UNKNOWN_SOURCE_LABEL
