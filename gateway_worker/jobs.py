@@ -1,0 +1,478 @@
+"""The ``process_event`` job: SPEC §4 steps 1–4, retries and dead letters.
+
+One run of a job:
+
+1. **claim** the idempotency key in ``processed_events`` (a lease);
+   already finished → ``duplicate``; leased by another live job → deferred
+   (``arq.Retry`` for the rest of that lease, not an attempt);
+2. **apply** the event to ``active_shipments`` (one conditional update; the
+   pure :func:`~gateway_worker.state_machine.decide` names the outcome and
+   ``invalid_transition`` / ``order_mismatch`` become permanent errors);
+3. **deliver** it downstream, when a downstream is configured;
+4. **mark** the key ``succeeded``.
+
+Every exception except cancellation is classified
+(:func:`~gateway_worker.classify.classify`): a transient failure below
+``GATEWAY_MAX_ATTEMPTS`` is recorded as a failed attempt and re-queued with
+full-jitter backoff (``arq.Retry``); a permanent one, or the last allowed
+attempt, writes the dead letter, marks the key ``dead_lettered`` and returns
+normally, so arq stores a success and the API keeps answering duplicate.
+
+arq retries only ``Retry``, ``CancelledError`` and ``RetryJob``, and its own
+``job_timeout`` ends a job as a *failure* (``TimeoutError``), never a retry.
+So the steps run under our own deadline, 80 % of ``GATEWAY_JOB_TIMEOUT_S``
+(a counted ``job_timeout`` failure, leaving the rest to record it), and a
+cancellation — SIGTERM past the grace period, or arq's timeout if recording
+itself hangs — gives the lease back without counting an attempt and raises
+``Retry`` so the job runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn
+
+import msgspec
+import structlog
+from arq.worker import Retry
+from msgspec import Struct
+from pymongo.asynchronous.database import AsyncDatabase
+
+from gateway_worker.backoff import backoff_delay
+from gateway_worker.classify import Classification, classify
+from gateway_worker.downstream import Deliverer
+from gateway_worker.errors import ErrorCode, PermanentError, TransientError
+from gateway_worker.metrics import WorkerMetrics
+from gateway_worker.state_machine import Decision, Outcome, decide
+from shared.contracts import QueuedEvent
+from shared.settings import Settings
+from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
+from shared.storage.errors import StorageError
+from shared.storage.events import (
+    AlreadyDone,
+    AttemptRecord,
+    Claimed,
+    EventStatus,
+    Leased,
+    ProcessedEvents,
+)
+from shared.storage.mongo import Document
+from shared.storage.shipments import Shipments
+
+__all__ = ["WORK_DEADLINE_FRACTION", "EventProcessor", "JobResult", "utc_now"]
+
+WORK_DEADLINE_FRACTION: Final = 0.8
+"""Share of ``GATEWAY_JOB_TIMEOUT_S`` the steps may take; the rest records the outcome."""
+_UNDECODABLE_REPR_LIMIT: Final = 16_384
+
+log = structlog.get_logger("gateway_worker")
+
+
+class JobResult(enum.StrEnum):
+    """What a job returns to arq (stored as its result)."""
+
+    SUCCEEDED = "succeeded"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+def utc_now() -> datetime:
+    """The default clock: now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class _Deferral(Struct, frozen=True):
+    delay_s: float
+    owner: str | None
+
+
+class _Run:
+    """State of one run of one job."""
+
+    def __init__(self, queued: QueuedEvent, job_id: str, job_try: int) -> None:
+        self.queued = queued
+        self.job_id = job_id
+        self.job_try = job_try
+        self.token = uuid.uuid4().hex
+        self.started = time.monotonic()
+        self.claimed: Claimed | None = None
+
+    @property
+    def key(self) -> str:
+        return self.queued.idempotency_key
+
+    @property
+    def duration_ms(self) -> int:
+        return round((time.monotonic() - self.started) * 1000)
+
+
+class EventProcessor:
+    """Runs the job for one worker process; all dependencies are passed in.
+
+    ``downstream`` is ``None`` when no downstream is configured. ``clock`` and
+    ``rng`` are seams for tests (lease times, jitter).
+    """
+
+    def __init__(
+        self,
+        *,
+        db: AsyncDatabase[Document],
+        settings: Settings,
+        worker_id: str,
+        metrics: WorkerMetrics,
+        downstream: Deliverer | None,
+        clock: Callable[[], datetime] = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._events = ProcessedEvents(db)
+        self._shipments = Shipments(db)
+        self._dead_letters = DeadLetters(db)
+        self._settings = settings
+        self._worker_id = worker_id
+        self._metrics = metrics
+        self._downstream = downstream
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._deadline_s = settings.job_timeout_s * WORK_DEADLINE_FRACTION
+
+    async def process(self, job_id: str, job_try: int, payload: Any) -> JobResult:
+        """Run one job; raises only ``arq.Retry``."""
+        started = time.perf_counter()
+        try:
+            with structlog.contextvars.bound_contextvars(job_id=job_id, job_try=job_try):
+                return await self._process(job_id, job_try, payload)
+        finally:
+            self._metrics.job_duration.observe(time.perf_counter() - started)
+
+    async def _process(self, job_id: str, job_try: int, payload: Any) -> JobResult:
+        try:
+            queued = msgspec.convert(payload, QueuedEvent)
+        except msgspec.ValidationError as exc:
+            return await self._dead_letter_undecodable(job_id, job_try, payload, exc)
+        run = _Run(queued, job_id, job_try)
+        with structlog.contextvars.bound_contextvars(
+            idempotency_key=queued.idempotency_key,
+            request_id=queued.request_id,
+            replay=queued.replay is not None,
+        ):
+            try:
+                try:
+                    result = await self._run_steps(run)
+                except Exception as exc:  # noqa: BLE001 - every failure is classified
+                    return await self._failed(run, exc)
+            except asyncio.CancelledError:
+                # Also while a failure is being recorded: a write that outlives
+                # arq's job_timeout must not end the job as arq's failure.
+                await self._give_back(run)
+                # arq would record a cancellation by its own job_timeout as a
+                # failure; Retry makes every cancellation a re-run.
+                raise Retry(defer=0) from None
+            if isinstance(result, _Deferral):
+                self._metrics.jobs.labels(outcome="deferred").inc()
+                log.info("job.deferred", lease_owner=result.owner, defer_s=round(result.delay_s, 3))
+                raise Retry(defer=result.delay_s)
+            return result
+
+    async def _run_steps(self, run: _Run) -> JobResult | _Deferral:
+        deadline = asyncio.timeout(self._deadline_s)
+        try:
+            async with deadline:
+                return await self._steps(run)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise TransientError(
+                    ErrorCode.JOB_TIMEOUT, f"steps did not finish within {self._deadline_s:g} s"
+                ) from exc
+            raise
+
+    async def _steps(self, run: _Run) -> JobResult | _Deferral:
+        queued = run.queued
+        event = queued.event
+        now = self._clock()
+        claim = await self._events.claim(
+            run.key,
+            source=queued.source,
+            event_id=event.event_id,
+            job_id=run.job_id,
+            owner=self._worker_id,
+            token=run.token,
+            now=now,
+            lease_s=self._settings.lease_s,
+            replay=queued.replay is not None,
+        )
+        match claim:
+            case AlreadyDone(status=status):
+                return await self._duplicate(run, status)
+            case Leased(lease_until=lease_until, owner=owner):
+                remaining = max(0.0, (lease_until - now).total_seconds())
+                jitter = self._rng.uniform(0, 0.1 * self._settings.lease_s)
+                return _Deferral(remaining + jitter, owner)
+            case Claimed():
+                run.claimed = claim
+
+        before = await self._shipments.apply_event(queued.source, event, now=self._clock())
+        decision = decide(before, event)
+        if decision.outcome is Outcome.INVALID_TRANSITION:
+            raise PermanentError(
+                ErrorCode.INVALID_TRANSITION,
+                f"shipment is {decision.status} (terminal); a newer "
+                f"{event.event_type.value} cannot change it",
+            )
+        if decision.outcome is Outcome.ORDER_MISMATCH:
+            raise PermanentError(
+                ErrorCode.ORDER_MISMATCH,
+                "shipment.order_id differs from the order the shipment belongs to",
+            )
+        if self._downstream is not None:
+            await self._downstream.deliver(queued, decision.status)
+        if not await self._events.mark_succeeded(run.key, token=run.token, now=self._clock()):
+            log.warning("job.lease_lost", step="mark_succeeded")
+        if queued.replay is not None:
+            await self._record_replay(run, ReplayOutcome.SUCCEEDED, key_succeeded=True)
+        self._succeeded(run, decision)
+        return JobResult.SUCCEEDED
+
+    def _succeeded(self, run: _Run, decision: Decision) -> None:
+        self._metrics.jobs.labels(outcome="succeeded").inc()
+        assert run.claimed is not None
+        log.info(
+            "job.succeeded",
+            outcome=decision.outcome.value,
+            status=decision.status,
+            failed_attempts=run.claimed.attempts,
+            duration_ms=run.duration_ms,
+        )
+
+    async def _duplicate(self, run: _Run, status: EventStatus) -> JobResult:
+        self._metrics.jobs.labels(outcome="duplicate").inc()
+        self._metrics.duplicates.labels(source=run.queued.source, stage="worker").inc()
+        log.info("job.duplicate", status=status.value)
+        if run.queued.replay is not None:
+            await self._record_replay(
+                run, ReplayOutcome.DUPLICATE, key_succeeded=status is EventStatus.SUCCEEDED
+            )
+        return JobResult.DUPLICATE
+
+    async def _failed(self, run: _Run, exc: Exception) -> JobResult:
+        classification = classify(exc)
+        now = self._clock()
+        if run.claimed is None:
+            # The key was never leased by this run: there is no attempt to count.
+            self._retry_uncounted(run, classification, exc, reason="not_claimed")
+        attempt = run.claimed.attempts + 1
+        final = not classification.transient or attempt >= self._settings.max_attempts
+        if final:
+            record = self._attempt(attempt, now, run, classification, retry_in_s=None)
+            try:
+                await self._dead_letter(run, classification, record, now)
+            except StorageError as store_exc:
+                self._retry_uncounted(run, classification, store_exc, reason="store_unavailable")
+            return JobResult.DEAD_LETTERED
+        delay = self._delay(attempt, classification)
+        record = self._attempt(attempt, now, run, classification, retry_in_s=delay)
+        try:
+            recorded = await self._events.record_failure(
+                run.key, token=run.token, attempt=record, now=now
+            )
+        except StorageError as store_exc:
+            self._retry_uncounted(run, classification, store_exc, reason="store_unavailable")
+        if not recorded:
+            log.warning("job.lease_lost", step="record_failure")
+        self._metrics.jobs.labels(outcome="retried").inc()
+        self._metrics.retries.labels(code=classification.code.value).inc()
+        log.warning(
+            "job.retrying",
+            attempt=attempt,
+            max_attempts=self._settings.max_attempts,
+            code=classification.code.value,
+            message=classification.message,
+            delay_s=round(delay, 3),
+            counted=True,
+        )
+        raise Retry(defer=delay) from exc
+
+    def _retry_uncounted(
+        self, run: _Run, classification: Classification, exc: Exception, *, reason: str
+    ) -> NoReturn:
+        """Re-queue without counting an attempt: the failure could not be recorded.
+
+        The delay grows with arq's own try counter, so a long MongoDB outage
+        backs off to the cap instead of spinning.
+        """
+        delay = self._delay(run.job_try, classification)
+        self._metrics.jobs.labels(outcome="retried").inc()
+        self._metrics.retries.labels(code=classification.code.value).inc()
+        log.warning(
+            "job.retrying",
+            code=classification.code.value,
+            message=classification.message,
+            delay_s=round(delay, 3),
+            counted=False,
+            why_uncounted=reason,
+            record_error=type(exc).__name__,
+        )
+        raise Retry(defer=delay) from exc
+
+    async def _dead_letter(
+        self, run: _Run, classification: Classification, record: AttemptRecord, now: datetime
+    ) -> None:
+        assert run.claimed is not None
+        queued = run.queued
+        reason = (
+            DeadLetterReason.RETRIES_EXHAUSTED
+            if classification.transient
+            else DeadLetterReason.PERMANENT
+        )
+        # The dead letter first, then the key: a crash in between re-runs the
+        # job, which fails the same way and rewrites the same dead letter.
+        await self._dead_letters.dead_letter(
+            run.key,
+            source=queued.source,
+            event_id=queued.event.event_id,
+            shipment_id=queued.event.shipment.id,
+            event=msgspec.to_builtins(queued.event),
+            request_id=queued.request_id,
+            reason=reason,
+            code=classification.code.value,
+            message=classification.message,
+            attempts=[*run.claimed.attempt_log, record],
+            now=now,
+        )
+        if not await self._events.mark_dead_lettered(
+            run.key, token=run.token, attempt=record, now=now
+        ):
+            log.warning("job.lease_lost", step="mark_dead_lettered")
+        if queued.replay is not None:
+            await self._record_replay(run, ReplayOutcome.DEAD_LETTERED, key_succeeded=False)
+        self._metrics.jobs.labels(outcome="dead_lettered").inc()
+        self._metrics.dead_letters.labels(reason=reason.value, code=classification.code.value).inc()
+        log.warning(
+            "job.dead_lettered",
+            reason=reason.value,
+            code=classification.code.value,
+            message=classification.message,
+            attempts=record.attempt,
+        )
+
+    async def _dead_letter_undecodable(
+        self, job_id: str, job_try: int, payload: Any, exc: msgspec.ValidationError
+    ) -> JobResult:
+        """Dead-letter a payload that is not a ``QueuedEvent``, under its arq job id."""
+        classification = classify(exc)
+        now = self._clock()
+        fields = payload if isinstance(payload, dict) else {}
+        event = fields.get("event")
+        record = AttemptRecord(
+            attempt=1,
+            at=now,
+            code=classification.code.value,
+            message=classification.message,
+            transient=False,
+            duration_ms=0,
+        )
+        try:
+            await self._dead_letters.dead_letter(
+                job_id,
+                source=str(fields.get("source", "")),
+                event_id=_text_or_none(event.get("event_id") if isinstance(event, dict) else None),
+                shipment_id=None,
+                event=event if isinstance(event, dict) else None,
+                request_id=_text_or_none(fields.get("request_id")),
+                reason=DeadLetterReason.PERMANENT,
+                code=classification.code.value,
+                message=classification.message,
+                attempts=[record],
+                now=now,
+            )
+            await self._events.mark_undecodable(
+                job_id, code=classification.code.value, message=classification.message, now=now
+            )
+        except StorageError as store_exc:
+            delay = self._delay(job_try, classification)
+            log.warning("job.retrying", code=classification.code.value, counted=False)
+            raise Retry(defer=delay) from store_exc
+        self._metrics.jobs.labels(outcome="dead_lettered").inc()
+        self._metrics.dead_letters.labels(
+            reason=DeadLetterReason.PERMANENT.value, code=classification.code.value
+        ).inc()
+        log.warning(
+            "job.dead_lettered",
+            reason=DeadLetterReason.PERMANENT.value,
+            code=classification.code.value,
+            message=classification.message,
+            payload=repr(payload)[:_UNDECODABLE_REPR_LIMIT],
+        )
+        return JobResult.DEAD_LETTERED
+
+    async def _give_back(self, run: _Run) -> None:
+        """On cancellation: release the lease (shielded) without counting an attempt."""
+        released = False
+        if run.claimed is not None:
+            release = asyncio.ensure_future(
+                self._events.release(run.key, token=run.token, now=self._clock())
+            )
+            try:
+                released = await asyncio.shield(release)
+            except (StorageError, asyncio.CancelledError) as exc:
+                log.warning("job.release_failed", error=type(exc).__name__)
+        self._metrics.jobs.labels(outcome="cancelled").inc()
+        log.info("job.cancelled", lease_released=released)
+
+    async def _record_replay(
+        self, run: _Run, outcome: ReplayOutcome, *, key_succeeded: bool
+    ) -> None:
+        # Best effort: the event's own outcome is already recorded; a lost
+        # replay note must not turn a success into a retry.
+        try:
+            found = await self._dead_letters.record_replay_outcome(
+                run.key,
+                job_id=run.job_id,
+                outcome=outcome,
+                key_succeeded=key_succeeded,
+                now=self._clock(),
+            )
+        except StorageError as exc:
+            log.warning("job.replay_outcome_not_recorded", error=type(exc).__name__)
+            return
+        if not found:
+            log.warning("job.replay_entry_missing", outcome=outcome.value)
+
+    def _attempt(
+        self,
+        attempt: int,
+        now: datetime,
+        run: _Run,
+        classification: Classification,
+        *,
+        retry_in_s: float | None,
+    ) -> AttemptRecord:
+        return AttemptRecord(
+            attempt=attempt,
+            at=now,
+            code=classification.code.value,
+            message=classification.message,
+            transient=classification.transient,
+            duration_ms=run.duration_ms,
+            retry_in_ms=None if retry_in_s is None else round(retry_in_s * 1000),
+        )
+
+    def _delay(self, attempt: int, classification: Classification) -> float:
+        settings = self._settings
+        return backoff_delay(
+            max(1, attempt),
+            base_s=settings.backoff_base_s,
+            multiplier=settings.backoff_multiplier,
+            cap_s=settings.backoff_cap_s,
+            rng=self._rng,
+            retry_after_s=classification.retry_after_s,
+        )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,194 @@
+"""The arq worker, configured from :class:`~shared.settings.Settings` in one place.
+
+:func:`build_worker_settings` returns the keyword arguments of
+:class:`arq.worker.Worker`; each choice absorbs one arq 0.28 behaviour
+(SPEC §4.2, ``docs/queues.md``):
+
+* ``max_tries`` = ``max_attempts`` + :data:`ARQ_MAX_TRIES_HEADROOM`: arq checks
+  it *before* calling us and then fails the job without our dead-lettering,
+  so our own counter decides and arq's is only a last-resort bound. Its
+  counter also grows on runs that are not failed attempts (deferrals behind
+  another job's lease, retries while MongoDB is unreachable, cancellations);
+  the headroom covers hours of MongoDB outage at the backoff cap.
+* ``redis_settings`` with a redis-py retry policy (:data:`REDIS_RETRIES`
+  attempts, exponential backoff up to 5 s) so a Redis restart does not end
+  the worker.
+* msgspec MessagePack for jobs and results, never pickle.
+* a health-check key of this worker's own, refreshed every
+  ``GATEWAY_WORKER_HEALTH_INTERVAL_S``.
+* ``job_completion_wait`` = ``GATEWAY_SHUTDOWN_GRACE_S``: on SIGTERM running
+  jobs get that long to finish before they are cancelled (and re-run).
+
+Clients are opened in ``on_startup`` and closed in ``on_shutdown``; they live
+in arq's ``ctx``, never in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import Any, Final
+
+import httpx
+import structlog
+from arq.connections import ArqRedis
+from arq.worker import func
+from redis.exceptions import RedisError
+
+from gateway_worker.downstream import Downstream
+from gateway_worker.jobs import EventProcessor
+from gateway_worker.metrics import MetricsServer, WorkerMetrics
+from shared.queue import (
+    JOB_EXPIRES_MS,
+    JOB_FUNCTION,
+    deserialize,
+    redis_settings,
+    serialize,
+    worker_health_key,
+)
+from shared.settings import Settings, SettingsError, check_worker_timing
+from shared.storage.mongo import open_mongo
+
+__all__ = [
+    "ARQ_MAX_TRIES_HEADROOM",
+    "REDIS_RETRIES",
+    "build_worker_settings",
+    "default_worker_id",
+    "process_event",
+]
+
+ARQ_MAX_TRIES_HEADROOM: Final = 250
+"""arq tries allowed beyond our ``max_attempts`` (see the module docstring)."""
+REDIS_RETRIES: Final = 30
+"""redis-py retries per command; with backoff capped at 5 s, about two minutes of Redis outage."""
+USER_AGENT: Final = "courier-event-gateway-worker"
+
+log = structlog.get_logger("gateway_worker")
+
+
+def default_worker_id(settings: Settings) -> str:
+    """``GATEWAY_WORKER_ID``, or ``{hostname}-{pid}``."""
+    return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
+    """The arq job (``JOB_FUNCTION``): process one ``QueuedEvent`` payload."""
+    processor: EventProcessor = ctx["processor"]
+    return await processor.process(ctx["job_id"], ctx["job_try"], payload)
+
+
+def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for :class:`arq.worker.Worker` running our job from ``settings``."""
+    check_worker_timing(settings)
+    if settings.downstream_url and not settings.downstream_secret:
+        raise SettingsError(
+            "GATEWAY_DOWNSTREAM_SECRET: required when GATEWAY_DOWNSTREAM_URL is set"
+        )
+    name = worker_id or default_worker_id(settings)
+    return {
+        "functions": [func(process_event, name=JOB_FUNCTION)],
+        "queue_name": settings.queue_name,
+        "redis_settings": redis_settings(settings.redis_url, retries=REDIS_RETRIES),
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "expires_extra_ms": JOB_EXPIRES_MS,
+        "job_timeout": settings.job_timeout_s,
+        "keep_result": settings.keep_result_s,
+        "max_tries": settings.max_attempts + ARQ_MAX_TRIES_HEADROOM,
+        "max_jobs": settings.worker_concurrency,
+        "poll_delay": settings.worker_poll_delay_s,
+        "job_completion_wait": settings.shutdown_grace_s,
+        "health_check_key": worker_health_key(settings.queue_name, name),
+        "health_check_interval": settings.worker_health_interval_s,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "ctx": {"settings": settings, "worker_id": name},
+    }
+
+
+async def on_startup(ctx: dict[Any, Any]) -> None:
+    """Open the clients and the metrics server; put the job's processor in ``ctx``."""
+    settings: Settings = ctx["settings"]
+    worker_id: str = ctx["worker_id"]
+    stack = contextlib.AsyncExitStack()
+    ctx["exit_stack"] = stack
+
+    mongo = open_mongo(
+        settings.mongo_url,
+        timeout_s=settings.mongo_timeout_s,
+        app_name=f"gateway-worker/{worker_id}",
+    )
+    stack.push_async_callback(mongo.close)
+
+    downstream: Downstream | None = None
+    if settings.downstream_url and settings.downstream_secret:
+        http = httpx.AsyncClient(
+            timeout=settings.downstream_timeout_s,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=settings.worker_concurrency),
+        )
+        stack.push_async_callback(http.aclose)
+        downstream = Downstream(
+            http,
+            settings.downstream_url,
+            settings.downstream_secret,
+            timeout_s=settings.downstream_timeout_s,
+        )
+
+    metrics = WorkerMetrics()
+    server = MetricsServer.start(
+        metrics.registry, host=settings.worker_metrics_host, port=settings.worker_metrics_port
+    )
+    stack.push_async_callback(server.stop)
+
+    redis: ArqRedis = ctx["redis"]
+    sampler = asyncio.create_task(
+        _sample_queue_depth(redis, settings, metrics), name="queue-depth-sampler"
+    )
+    stack.push_async_callback(_cancel, sampler)
+
+    ctx["processor"] = EventProcessor(
+        db=mongo[settings.mongo_db],
+        settings=settings,
+        worker_id=worker_id,
+        metrics=metrics,
+        downstream=downstream,
+    )
+    log.info(
+        "worker.started",
+        worker_id=worker_id,
+        queue=settings.queue_name,
+        concurrency=settings.worker_concurrency,
+        metrics_port=server.port,
+        downstream=settings.downstream_url is not None,
+        max_attempts=settings.max_attempts,
+        job_timeout_s=settings.job_timeout_s,
+        lease_s=settings.lease_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
+async def on_shutdown(ctx: dict[Any, Any]) -> None:
+    """Close everything :func:`on_startup` opened (also after a partial startup)."""
+    stack: contextlib.AsyncExitStack | None = ctx.get("exit_stack")
+    if stack is not None:
+        await stack.aclose()
+    log.info("worker.stopped", worker_id=ctx.get("worker_id"))
+
+
+async def _sample_queue_depth(redis: ArqRedis, settings: Settings, metrics: WorkerMetrics) -> None:
+    while True:
+        try:
+            metrics.queue_depth.set(await redis.zcard(settings.queue_name))
+        except (RedisError, OSError) as exc:
+            log.debug("worker.queue_depth_unavailable", error=type(exc).__name__)
+        await asyncio.sleep(settings.worker_health_interval_s)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
