@@ -1,0 +1,176 @@
+"""Child processes the gateway's tools start: a private ``redis-server`` and the
+embedded MongoDB-wire server.
+
+One implementation serves ``gateway dev``, ``gateway loadtest``,
+``gateway chaos`` and the test suite, so the tests exercise the same start,
+stop and restart paths operators use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Self
+
+__all__ = ["EmbeddedMongo", "RedisServer", "ServiceError", "free_port", "wait_for_port"]
+
+
+class ServiceError(RuntimeError):
+    """A child service could not be started or did not become ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def wait_for_port(port: int, *, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_is_open(port, host):
+            return
+        time.sleep(0.02)
+    raise ServiceError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class RedisServer:
+    """A ``redis-server`` on a private port and directory, stoppable and restartable.
+
+    With ``appendonly=True`` it keeps an AOF (``appendfsync everysec``) in
+    ``directory`` so a restart replays what was written, as in production.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.extra_args = extra_args
+        found = binary or shutil.which("redis-server")
+        if found is None:
+            raise ServiceError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        self.binary = found
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--logfile", str(self.directory / "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port)
+        except ServiceError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (Redis flushes its AOF and exits), waiting until the port is closed."""
+        if self.process is not None:
+            _terminate(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class EmbeddedMongo:
+    """mongoeco's in-memory MongoDB-wire server in a child process (non-durable)."""
+
+    def __init__(self, *, port: int | None = None, log: IO[bytes] | None = None) -> None:
+        self.port = port or free_port()
+        self._log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> Self:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scripts.embedded_mongo", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log if self._log is not None else subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            wait_for_port(self.port, timeout_s=30)
+        except ServiceError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _terminate(self.process)
+            self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
