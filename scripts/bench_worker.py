@@ -63,6 +63,7 @@ from scripts.load_test.probes import cpu_seconds
 from scripts.load_test.traffic import plan_lifecycle
 from scripts.services import EmbeddedMongo, RedisServer, ServiceError
 from shared.contracts import QueuedEvent, decode_event
+from shared.logging import configure_logging
 from shared.queue import Enqueuer, open_queue_pool, serialize, worker_health_key
 from shared.settings import Settings, redact_url
 from shared.storage.indexes import ensure_indexes, index_specs
@@ -609,6 +610,9 @@ def bench_worker_command(
     output: Path,
 ) -> None:
     """Events/s of 1, 2 and 4 workers draining a pre-filled queue; MongoDB round trips/event."""
+    # The round-trip sample runs the worker's processor in this process: keep its
+    # per-job INFO lines out of the benchmark's output.
+    configure_logging("WARNING", "console", process="bench-worker")
     options = BenchWorkerOptions(
         events=events,
         workers=_worker_counts(workers),
