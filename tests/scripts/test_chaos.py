@@ -9,17 +9,14 @@ the same command with every fault type, 5 s outages and a 60 s load.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
-from pymongo import MongoClient
 
 from scripts.chaos import ChaosOptions, plan_faults
 from scripts.chaos_driver import (
@@ -45,6 +42,7 @@ from scripts.chaos_report import (
     render_markdown,
 )
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
+from tests.scripts.commands import run_gateway
 
 T0 = 1_800_000_000.0
 OCCURRED = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -505,25 +503,7 @@ def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: P
     output = tmp_path / "chaos"
     args = ["--duration", "60", "--outage", "5", "--redis-down", "2", "--rate", "20"]
     args += ["--output", str(output), "--drain-timeout", "150", "--seed", "3"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    real_mongo = os.environ.get("GATEWAY_TEST_MONGO_URL")
-    database = f"chaos_{uuid.uuid4().hex[:8]}"
-    if real_mongo:
-        args += ["--mongo-url", real_mongo, "--mongo-db", database]
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "scripts.cli", "chaos", *args],
-            capture_output=True,
-            text=True,
-            timeout=380,
-            check=False,
-            env=env,
-        )
-    finally:
-        if real_mongo:
-            client: MongoClient[dict[str, object]] = MongoClient(real_mongo)
-            with client:
-                client.drop_database(database)
+    result = run_gateway("chaos", args, timeout=380)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     report = json.loads((output / "report.json").read_text())
     assert report["passed"] is True

@@ -16,15 +16,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
-from pymongo import MongoClient
 
 from scripts.load_test.probes import CpuMeter, cpu_seconds
 from scripts.load_test.traffic import (
@@ -38,6 +34,7 @@ from scripts.load_test.traffic import (
 )
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from shared.signing import generate_secret
+from tests.scripts.commands import run_gateway
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -181,25 +178,7 @@ def test_short_load_test_against_a_transiently_failing_downstream_passes_every_c
     output = tmp_path / "report"
     args = ["--users", "20", "--duration", "15", "--output", str(output), "--drain-timeout", "40"]
     args += ["--min-recovery", "0.95"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "LOADTEST_"))}
-    real_mongo = os.environ.get("GATEWAY_TEST_MONGO_URL")
-    database = f"loadtest_{uuid.uuid4().hex[:8]}"
-    if real_mongo:
-        args += ["--mongo-url", real_mongo, "--mongo-db", database]
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "scripts.cli", "loadtest", *args],
-            capture_output=True,
-            text=True,
-            timeout=110,
-            check=False,
-            env=env,
-        )
-    finally:
-        if real_mongo:
-            client: MongoClient[dict[str, object]] = MongoClient(real_mongo)
-            with client:
-                client.drop_database(database)
+    result = run_gateway("loadtest", args, timeout=110, clear_env=("GATEWAY_", "LOADTEST_"))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     for name in ("report.md", "report.json", "locust.html", "locust.json"):
         assert (output / name).is_file(), name
