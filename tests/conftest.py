@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -118,3 +119,15 @@ async def mongo_db(
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+async def let_unreachable_mongo_monitor_sleep() -> None:
+    """Wait until PyMongo's monitor of an unreachable server sleeps between checks.
+
+    PyMongo 4.20 leaks the socket of a monitor check cancelled mid-connect
+    (``pool_shared`` closes it only on ``OSError``). Once no operation waits for
+    a server, the monitor sleeps between checks, and closing the client then
+    cancels nothing mid-connect. Without this, the leaked socket's
+    ``ResourceWarning`` fails whichever later test happens to run the collector.
+    """
+    await asyncio.sleep(1.0)

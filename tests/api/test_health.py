@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from scripts.services import free_port
+from tests.conftest import let_unreachable_mongo_monitor_sleep
 
 
 async def test_liveness_is_200(client: httpx.AsyncClient) -> None:
@@ -48,6 +49,7 @@ async def test_readiness_is_503_naming_mongo_without_revealing_its_password(
     assert mongo["ok"] is False
     assert mongo["error"]
     assert "s3cret-pw" not in response.text
+    await let_unreachable_mongo_monitor_sleep()  # before client_for closes the app
 
 
 async def test_health_answers_carry_a_request_id(client: httpx.AsyncClient) -> None:

@@ -29,6 +29,7 @@ from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document, open_mongo
 from shared.storage.shipments import Shipments
+from tests.conftest import let_unreachable_mongo_monitor_sleep
 from tests.worker.conftest import T0, Clock, make_event, payload
 
 MakeProcessor = Callable[..., EventProcessor]
@@ -381,10 +382,7 @@ async def unreachable_db(mongo_db_name: str) -> AsyncIterator[AsyncDatabase[Docu
     try:
         yield client[mongo_db_name]
     finally:
-        # PyMongo 4.20 leaks the socket of a monitor check cancelled mid-connect
-        # (pool_shared only closes it on OSError). Once no operation waits for
-        # a server, the monitor sleeps between checks: close it then.
-        await asyncio.sleep(1.0)
+        await let_unreachable_mongo_monitor_sleep()
         await client.close()
 
 
