@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import msgspec
 import uvicorn
 from msgspec import Struct
 
-from scripts.services import ServiceError, free_port, wait_for_port
+from scripts.services import ServiceError, free_port, terminate, wait_for_port
 from shared.settings import decode_secret
 from shared.signing import ID_HEADER, SignatureError, verify_standard
 
@@ -350,13 +349,7 @@ class MockDownstreamProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
 
     def __enter__(self) -> Self:

@@ -17,9 +17,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
-__all__ = ["EmbeddedMongo", "RedisServer", "ServiceError", "free_port", "wait_for_port"]
+__all__ = [
+    "EmbeddedMongo",
+    "RedisServer",
+    "ServiceError",
+    "free_port",
+    "terminate",
+    "wait_for_port",
+]
 
 
 class ServiceError(RuntimeError):
@@ -48,7 +55,8 @@ def wait_for_port(port: int, *, timeout_s: float = 10.0, host: str = "127.0.0.1"
     raise ServiceError(f"nothing listens on {host}:{port} after {timeout_s} s")
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+def terminate(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL it after ``timeout_s``."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -115,7 +123,7 @@ class RedisServer:
     def stop(self) -> None:
         """SIGTERM (Redis flushes its AOF and exits), waiting until the port is closed."""
         if self.process is not None:
-            _terminate(self.process)
+            terminate(self.process)
             self.process = None
 
     def kill(self) -> None:
@@ -166,7 +174,7 @@ class EmbeddedMongo:
 
     def stop(self) -> None:
         if self.process is not None:
-            _terminate(self.process)
+            terminate(self.process)
             self.process = None
 
     def __enter__(self) -> Self:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import IO, Self
 
-from scripts.services import ServiceError
+from scripts.services import ServiceError, terminate
 
 __all__ = ["OutageMode", "TcpProxy", "TcpProxyProcess"]
 
@@ -187,13 +187,7 @@ class TcpProxyProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
                 pipe.close()
