@@ -5,9 +5,9 @@ One run of a job:
 1. **claim** the idempotency key in ``processed_events`` (a lease);
    already finished → ``duplicate``; leased by another live job → deferred
    (``arq.Retry`` for the rest of that lease, not an attempt);
-2. **apply** the event to ``active_shipments`` (one conditional update; the
-   pure :func:`~gateway_worker.state_machine.decide` names the outcome and
-   ``invalid_transition`` / ``order_mismatch`` become permanent errors);
+2. **apply** the event to ``active_shipments`` (one conditional update that
+   decides and returns the outcome; ``invalid_transition`` /
+   ``order_mismatch`` become permanent errors);
 3. **deliver** it downstream, when a downstream is configured;
 4. **mark** the key ``succeeded``.
 
@@ -49,7 +49,6 @@ from gateway_worker.classify import Classification, classify
 from gateway_worker.downstream import Deliverer
 from gateway_worker.errors import ErrorCode, PermanentError, TransientError
 from gateway_worker.metrics import WorkerMetrics
-from gateway_worker.state_machine import Decision, Outcome, decide
 from shared.contracts import QueuedEvent
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
@@ -63,7 +62,7 @@ from shared.storage.events import (
     ProcessedEvents,
 )
 from shared.storage.mongo import Document
-from shared.storage.shipments import Shipments
+from shared.storage.shipments import Decision, Outcome, Shipments
 
 __all__ = ["WORK_DEADLINE_FRACTION", "EventProcessor", "JobResult", "utc_now"]
 
@@ -216,8 +215,7 @@ class EventProcessor:
             case Claimed():
                 run.claimed = claim
 
-        before = await self._shipments.apply_event(queued.source, event, now=self._clock())
-        decision = decide(before, event)
+        decision = await self._shipments.apply_event(queued.source, event, now=self._clock())
         if decision.outcome is Outcome.INVALID_TRANSITION:
             raise PermanentError(
                 ErrorCode.INVALID_TRANSITION,

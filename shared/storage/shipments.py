@@ -1,25 +1,41 @@
 """``active_shipments``: the projection of each shipment's newest known state.
 
 :meth:`Shipments.apply_event` is one ``findAndModify`` whose aggregation
-pipeline decides on the server, atomically with the write, whether an event
-changes the document (SPEC §3.3, §4.1):
+pipeline decides on the server, atomically with the write, what an event does
+to its shipment (docs/contract.md §3.3, §4.1). The pipeline is the only place
+the rules live. Its first stage writes the verdict into the document's
+``last_apply`` field (``{event_id, outcome}``, overwritten by every apply); the
+write stages act on that verdict, and the caller reads it from the returned
+post-image. ``last_apply`` is that return channel, not the shipment's state:
+:meth:`Shipments.get` leaves it out. Rules, first match wins:
 
-* already in ``history`` (by ``event_id``) → unchanged;
-* ``order_id`` differs from the stored one → unchanged;
-* stored status terminal, event not older, and a different status → unchanged;
-* otherwise the event is appended to ``history`` (newest last, at most
-  :data:`HISTORY_LIMIT`), and if it is not older than ``last_event_at`` (or the
-  shipment is new) it also sets ``status``, ``last_event_id``,
-  ``last_event_at``, ``order_id`` and ``tracking_number``.
+1. no stored shipment → ``applied`` (the event creates it);
+2. the event is already in the shipment's history → ``already_applied``;
+3. ``shipment.order_id`` differs from the stored one → ``order_mismatch``;
+4. stored status terminal, event not older than ``last_event_at``, and a
+   different status → ``invalid_transition``;
+5. event older than ``last_event_at`` → ``recorded_stale``;
+6. otherwise → ``applied``.
 
-It returns the document as it was *before* the write, so the caller can name
-the outcome with the pure state machine (``gateway_worker.state_machine``),
-which is the specification these rules implement; a parity test holds the two
-together.
+``applied`` and ``recorded_stale`` append the event to ``history`` (newest
+last, at most :data:`HISTORY_LIMIT`) and set ``updated_at``; ``applied`` also
+sets ``status``, ``last_event_id``, ``last_event_at`` and (when the event
+carries one) ``tracking_number``. The other outcomes change nothing
+(but ``last_apply``).
+
+"Not older" means ``occurred_at >= last_event_at``: of two events with the same
+time, the one applied later wins. Times compare at millisecond precision, as
+BSON stores them.
+
+Why the verdict is stored rather than recomputed: one round trip cannot return
+both the document before the write and a computed value, and a projection
+evaluated on the returned document is not reapplied when a retryable write is
+answered from the oplog; a field of the post-image is.
 """
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any, Final
 
@@ -32,25 +48,32 @@ from pymongo.errors import DuplicateKeyError
 from shared.contracts import TERMINAL_STATUSES, CourierEvent
 from shared.storage.mongo import SHIPMENTS, Document, translate_errors
 
-__all__ = ["HISTORY_LIMIT", "ShipmentState", "Shipments", "shipment_key"]
+__all__ = ["HISTORY_LIMIT", "Decision", "Outcome", "Shipments", "shipment_key"]
 
 HISTORY_LIMIT: Final = 50
 """Most recent applied events kept in a shipment's ``history``."""
 
-# Temporary fields of the update pipeline, removed in its last stage.
-_NEW = "_apply_new"
-_SEEN = "_apply_seen"
-_OK = "_apply_ok"
-_NEWER = "_apply_newer"
+
+class Outcome(enum.StrEnum):
+    """What applying one event to one shipment did (the rules above)."""
+
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already_applied"
+    RECORDED_STALE = "recorded_stale"
+    INVALID_TRANSITION = "invalid_transition"
+    ORDER_MISMATCH = "order_mismatch"
+
+    @property
+    def changes_history(self) -> bool:
+        """Whether the event is appended to the shipment's history."""
+        return self in (Outcome.APPLIED, Outcome.RECORDED_STALE)
 
 
-class ShipmentState(Struct, frozen=True, kw_only=True):
-    """What the state machine needs to know about a stored shipment."""
+class Decision(Struct, frozen=True):
+    """The outcome and the shipment's status after it."""
 
+    outcome: Outcome
     status: str
-    order_id: str
-    last_event_at: datetime
-    event_ids: frozenset[str]
 
 
 def shipment_key(source: str, shipment_id: str) -> str:
@@ -64,50 +87,42 @@ class Shipments:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._collection: AsyncCollection[Document] = db[SHIPMENTS]
 
-    async def apply_event(
-        self, source: str, event: CourierEvent, *, now: datetime
-    ) -> ShipmentState | None:
-        """Apply ``event`` if the rules allow; return the state before (``None``: new shipment).
+    async def apply_event(self, source: str, event: CourierEvent, *, now: datetime) -> Decision:
+        """Apply ``event`` as the rules decide; the outcome and the status after it.
 
         One round trip. Running it twice for one event changes nothing the
-        second time, so a crash between this step and the next is harmless.
+        second time (``already_applied``), so a crash between this step and
+        the next is harmless.
         """
         query = {"_id": shipment_key(source, event.shipment.id)}
         pipeline = _apply_pipeline(source, event, now)
-        projection = {"status": True, "order_id": True, "last_event_at": True, "history": True}
         # Two first events of one shipment may both try to insert; the loser
         # retries once and then finds the document (real MongoDB retries this
         # upsert itself; not every wire-compatible server does).
         for attempt in range(2):
             with translate_errors("apply_event"):
                 try:
-                    before = await self._collection.find_one_and_update(
+                    after = await self._collection.find_one_and_update(
                         query,
                         pipeline,
-                        projection=projection,
+                        projection={"status": True, "last_apply": True},
                         upsert=True,
-                        return_document=ReturnDocument.BEFORE,
+                        return_document=ReturnDocument.AFTER,
                     )
                 except DuplicateKeyError:
                     if attempt == 1:
                         raise
                     continue
-            return None if before is None else _state(before)
+            assert after is not None, "an upsert returning the new document returns one"
+            return Decision(Outcome(after["last_apply"]["outcome"]), after["status"])
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, source: str, shipment_id: str) -> Document | None:
-        """The shipment's document, or ``None``."""
+        """The shipment's document (without ``last_apply``), or ``None``."""
         with translate_errors("get_shipment"):
-            return await self._collection.find_one({"_id": shipment_key(source, shipment_id)})
-
-
-def _state(document: Document) -> ShipmentState:
-    return ShipmentState(
-        status=document["status"],
-        order_id=document["order_id"],
-        last_event_at=document["last_event_at"],
-        event_ids=frozenset(entry["event_id"] for entry in document.get("history", ())),
-    )
+            return await self._collection.find_one(
+                {"_id": shipment_key(source, shipment_id)}, projection={"last_apply": False}
+            )
 
 
 def _literal(value: object) -> Document:
@@ -115,57 +130,53 @@ def _literal(value: object) -> Document:
     return {"$literal": value}
 
 
-def _field(name: str) -> str:
-    return "$" + name
+def _verdict(event: CourierEvent) -> Document:
+    """The rules, in order, as one ``$switch`` over the stored document."""
+    status = _literal(event.event_type.status)
+    occurred_at = event.occurred_at
+    rules: list[tuple[Document, Outcome]] = [
+        ({"$eq": [{"$ifNull": ["$status", None]}, None]}, Outcome.APPLIED),
+        (
+            {"$in": [_literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
+            Outcome.ALREADY_APPLIED,
+        ),
+        ({"$ne": ["$order_id", _literal(event.shipment.order_id)]}, Outcome.ORDER_MISMATCH),
+        (
+            {
+                "$and": [
+                    {"$in": ["$status", sorted(TERMINAL_STATUSES)]},
+                    {"$gte": [occurred_at, "$last_event_at"]},
+                    {"$ne": ["$status", status]},
+                ]
+            },
+            Outcome.INVALID_TRANSITION,
+        ),
+        ({"$lt": [occurred_at, "$last_event_at"]}, Outcome.RECORDED_STALE),
+    ]
+    branches = [{"case": case, "then": outcome.value} for case, outcome in rules]
+    return {"$switch": {"branches": branches, "default": Outcome.APPLIED.value}}
 
 
 def _apply_pipeline(source: str, event: CourierEvent, now: datetime) -> list[Document]:
     status = event.event_type.status
-    occurred_at = event.occurred_at
-    entry = {
-        "event_id": _literal(event.event_id),
-        "status": _literal(status),
-        "occurred_at": occurred_at,
-        "applied_at": now,
-    }
-    decide: dict[str, Any] = {
-        _NEW: {"$eq": [{"$ifNull": ["$status", None]}, None]},
-        _SEEN: {"$in": [_literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
-    }
-    not_older = {"$or": [_field(_NEW), {"$gte": [occurred_at, "$last_event_at"]}]}
-    terminal = {"$in": ["$status", sorted(TERMINAL_STATUSES)]}
-    allowed = {
-        "$and": [
-            {"$eq": [_field(_SEEN), False]},
-            {
-                "$or": [
-                    _field(_NEW),
-                    {
-                        "$and": [
-                            {"$eq": ["$order_id", _literal(event.shipment.order_id)]},
-                            {
-                                "$or": [
-                                    {"$eq": [terminal, False]},
-                                    {"$lt": [occurred_at, "$last_event_at"]},
-                                    {"$eq": ["$status", _literal(status)]},
-                                ]
-                            },
-                        ]
-                    },
-                ]
-            },
-        ]
-    }
-    moves = {"$and": [_field(_OK), _field(_NEWER)]}
+    outcome = "$last_apply.outcome"
+    moves = {"$eq": [outcome, Outcome.APPLIED.value]}
+    recorded = {"$in": [outcome, [o.value for o in Outcome if o.changes_history]]}
 
     def when_moves(value: object, field: str) -> Document:
-        return {"$cond": [moves, value, _field(field)]}
+        return {"$cond": [moves, value, "$" + field]}
 
     tracking: object = (
         _literal(event.shipment.tracking_number)
         if event.shipment.tracking_number is not None
         else {"$ifNull": ["$tracking_number", None]}
     )
+    entry = {
+        "event_id": _literal(event.event_id),
+        "status": _literal(status),
+        "occurred_at": event.occurred_at,
+        "applied_at": now,
+    }
     history = {
         "$slice": [{"$concatArrays": [{"$ifNull": ["$history", []]}, [entry]]}, -HISTORY_LIMIT]
     }
@@ -176,14 +187,11 @@ def _apply_pipeline(source: str, event: CourierEvent, now: datetime) -> list[Doc
         "tracking_number": {"$cond": [moves, tracking, {"$ifNull": ["$tracking_number", None]}]},
         "status": when_moves(_literal(status), "status"),
         "last_event_id": when_moves(_literal(event.event_id), "last_event_id"),
-        "last_event_at": when_moves(occurred_at, "last_event_at"),
-        "history": {"$cond": [_field(_OK), history, "$history"]},
+        "last_event_at": when_moves(event.occurred_at, "last_event_at"),
+        "history": {"$cond": [recorded, history, "$history"]},
         "created_at": {"$ifNull": ["$created_at", now]},
-        "updated_at": {"$cond": [_field(_OK), now, "$updated_at"]},
+        "updated_at": {"$cond": [recorded, now, "$updated_at"]},
     }
-    return [
-        {"$set": decide},
-        {"$set": {_OK: allowed, _NEWER: not_older}},
-        {"$set": write},
-        {"$unset": [_NEW, _SEEN, _OK, _NEWER]},
-    ]
+    # Stage 1 decides from the stored document; stage 2 sees the verdict.
+    verdict = {"event_id": _literal(event.event_id), "outcome": _verdict(event)}
+    return [{"$set": {"last_apply": verdict}}, {"$set": write}]
