@@ -23,29 +23,9 @@ from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
 from tests.api.expect import assert_problem
-from tests.scripts.conftest import (
-    T0,
-    dead_letter_via_worker,
-    downstream,
-    downstream_url,
-    drain,
-    http_client,
-    make_event,
-    make_processor,
-    mock_downstream_process,
-    snapshot,
-    worker_settings,
-    write_letter,
-)
-
-__all__ = [  # fixtures used by name
-    "downstream",
-    "downstream_url",
-    "http_client",
-    "make_processor",
-    "mock_downstream_process",
-    "worker_settings",
-]
+from tests.factories import T0, make_event, write_letter
+from tests.plugins.servers import snapshot
+from tests.plugins.worker import dead_letter_via_worker, drain
 
 ClientFor = Callable[..., Awaitable[httpx.AsyncClient]]
 TOKEN = "adm_" + secrets.token_urlsafe(24)  # generated per run

@@ -15,7 +15,7 @@ from gateway_api.app import create_app
 from shared.settings import Settings
 from tests.api.expect import assert_problem
 from tests.api.harness import RawExchange, running
-from tests.api.webhooks import event_payload, our_headers, reference_headers
+from tests.factories import event_payload, our_headers, reference_headers
 
 LIMIT = 4096
 ClientFor = Callable[..., Awaitable[httpx.AsyncClient]]

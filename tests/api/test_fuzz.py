@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.contracts import ProblemCode
-from tests.api.webhooks import event_payload, our_headers
+from tests.factories import event_payload, our_headers
 
 json_values = st.recursive(
     st.none()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from scripts.services import free_port
-from tests.conftest import let_unreachable_mongo_monitor_sleep
+from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 
 
 async def test_liveness_is_200(client: httpx.AsyncClient) -> None:

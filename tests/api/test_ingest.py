@@ -19,8 +19,9 @@ from shared.queue import serialize
 from shared.settings import Settings
 from shared.signing import generate_secret
 from tests.api.expect import assert_problem, queued_job
-from tests.api.webhooks import (
+from tests.factories import (
     JSON,
+    TEST_SECRETS,
     event_body,
     event_payload,
     hex_headers,
@@ -28,7 +29,6 @@ from tests.api.webhooks import (
     reference_headers,
     reference_signature,
 )
-from tests.conftest import TEST_SECRETS
 
 
 async def test_event_signed_by_the_reference_library_is_accepted_and_queued(

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_api.app import create_app
 from shared.settings import Settings
-from tests.api.webhooks import JSON, event_body, reference_headers
+from tests.factories import JSON, event_body, reference_headers
 
 
 async def samples(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -12,15 +12,15 @@ import pytest
 from litestar import Litestar, get
 
 from tests.api.expect import assert_problem
-from tests.api.webhooks import (
+from tests.factories import (
     JSON,
+    TEST_SECRETS,
     event_body,
     event_payload,
     hex_headers,
     our_headers,
     reference_headers,
 )
-from tests.conftest import TEST_SECRETS
 
 ClientFor = Callable[..., Awaitable[httpx.AsyncClient]]
 

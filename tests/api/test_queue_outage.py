@@ -14,7 +14,7 @@ from scripts.services import RedisServer
 from shared.settings import Settings
 from tests.api.expect import assert_problem, queued_job
 from tests.api.harness import running
-from tests.api.webhooks import event_body, new_event_id, reference_headers
+from tests.factories import event_body, new_event_id, reference_headers
 
 
 @pytest.fixture

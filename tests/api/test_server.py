@@ -17,8 +17,13 @@ import httpx
 import pytest
 
 from scripts.services import RedisServer, free_port, wait_for_port
-from tests.api.webhooks import event_body, new_event_id, reference_headers
-from tests.conftest import TEST_HEX_SECRET, TEST_SECRETS
+from tests.factories import (
+    TEST_HEX_SECRET,
+    TEST_SECRETS,
+    event_body,
+    new_event_id,
+    reference_headers,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,9 @@ from shared.queue import Enqueuer
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.scripts.conftest import T0, make_event, settings_env, snapshot, write_letter
-from tests.worker.conftest import DOWNSTREAM_SECRET, WorkerPool, wait_until
+from tests.factories import DOWNSTREAM_SECRET, T0, make_event, settings_env, write_letter
+from tests.plugins.servers import snapshot
+from tests.plugins.worker import WorkerPool, wait_until
 
 GATEWAY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "gateway"
 

@@ -48,34 +48,10 @@ from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.scripts.conftest import (
-    T0,
-    MakeService,
-    dead_letter_via_worker,
-    downstream,
-    downstream_url,
-    drain,
-    http_client,
-    make_event,
-    make_processor,
-    make_service,
-    mock_downstream_process,
-    service,
-    snapshot,
-    worker_settings,
-    write_letter,
-)
-
-__all__ = [  # fixtures used by name
-    "downstream",
-    "downstream_url",
-    "http_client",
-    "make_processor",
-    "make_service",
-    "mock_downstream_process",
-    "service",
-    "worker_settings",
-]
+from tests.factories import T0, make_event, write_letter
+from tests.plugins.dlq import MakeService
+from tests.plugins.servers import snapshot
+from tests.plugins.worker import dead_letter_via_worker, drain
 
 MakeProcessor = Callable[..., EventProcessor]
 

@@ -33,7 +33,7 @@ from shared.settings import Settings, SettingsError, load_settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import Document, open_mongo
-from tests.worker.conftest import make_event
+from tests.factories import make_event
 
 MakeProcessor = Callable[..., EventProcessor]
 

@@ -14,7 +14,7 @@ from gateway_worker.errors import DownstreamStatusError, DownstreamTimeout, Down
 from scripts.mock_downstream import MockDownstreamClient
 from scripts.services import free_port
 from shared.signing import generate_secret, signed_headers
-from tests.worker.conftest import DOWNSTREAM_SECRET, make_event
+from tests.factories import DOWNSTREAM_SECRET, make_event
 
 NOW = 1_800_000_000.0
 

@@ -29,8 +29,8 @@ from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document, open_mongo
 from shared.storage.shipments import Shipments
-from tests.conftest import let_unreachable_mongo_monitor_sleep
-from tests.worker.conftest import T0, Clock, make_event, payload
+from tests.factories import T0, Clock, make_event, payload
+from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 
 MakeProcessor = Callable[..., EventProcessor]
 

@@ -20,7 +20,7 @@ from shared.storage.events import (
 )
 from shared.storage.indexes import IndexAction, ensure_indexes, index_specs
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.worker.conftest import T0
+from tests.factories import T0
 
 KEY = "acme:evt_1"
 

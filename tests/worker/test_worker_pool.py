@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from gateway_worker.backoff import backoff_bound
 from scripts.mock_downstream import MockDownstreamClient
 from scripts.services import RedisServer
+from scripts.tcp_proxy import TcpProxy
 from shared.contracts import EventType, QueuedEvent
 from shared.queue import Enqueuer, deserialize, open_queue_pool, worker_health_key
 from shared.settings import Settings
@@ -26,15 +27,8 @@ from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import PROCESSED_EVENTS, Document
 from shared.storage.shipments import Shipments
-from tests.worker.conftest import (
-    DOWNSTREAM_SECRET,
-    T0,
-    TcpProxy,
-    WorkerPool,
-    make_event,
-    settings_env,
-    wait_until,
-)
+from tests.factories import DOWNSTREAM_SECRET, T0, make_event, settings_env
+from tests.plugins.worker import WorkerPool, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,205 @@
+"""Things tests build: secrets, events, signed courier requests, stored documents.
+
+Plain functions and constants, imported by name (``from tests.factories import
+make_event``); the fixtures that start services are in ``tests/plugins/``.
+
+Signed requests: Standard Webhooks signatures come from the third-party
+``standardwebhooks`` package (the reference implementation), and ``hex``
+signatures from the standard library, so the API is tested against signers
+that are not our code. Bodies that are not UTF-8 cannot go through
+``standardwebhooks`` (it signs ``str``); :func:`our_headers` signs those with
+``shared.signing``, which ``tests/shared/test_signing.py`` proves
+byte-identical to the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from pymongo.asynchronous.database import AsyncDatabase
+from standardwebhooks import Webhook
+
+from shared.contracts import CourierEvent, EventType, QueuedEvent, ReplayRef, Shipment
+from shared.settings import Settings
+from shared.signing import generate_secret, signed_headers
+from shared.storage.dead_letters import DeadLetterReason, DeadLetters
+from shared.storage.events import AttemptRecord
+from shared.storage.mongo import Document
+
+# Test-only secrets, generated fresh for every run.
+TEST_SECRETS = (generate_secret(), generate_secret())
+TEST_HEX_SECRET = "test-only-" + uuid.uuid4().hex
+DOWNSTREAM_SECRET = generate_secret()
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+JSON = {"content-type": "application/json"}
+
+
+# ---- queued events -----------------------------------------------------------------------------
+
+
+def make_event(
+    event_id: str = "evt_1",
+    event_type: EventType = EventType.PICKED_UP,
+    *,
+    occurred_at: datetime = T0,
+    shipment_id: str = "shp_1",
+    order_id: str = "ord_1",
+    source: str = "acme",
+    replay: ReplayRef | None = None,
+) -> QueuedEvent:
+    """A :class:`QueuedEvent` as the API would enqueue it."""
+    event = CourierEvent(
+        event_id=event_id,
+        event_type=event_type,
+        occurred_at=occurred_at,
+        shipment=Shipment(id=shipment_id, order_id=order_id, tracking_number="1Z999"),
+    )
+    return QueuedEvent(
+        idempotency_key=f"{source}:{event_id}",
+        source=source,
+        event=event,
+        request_id=f"req_{event_id}",
+        received_at_ms=int(time.time() * 1000),
+        replay=replay,
+    )
+
+
+def payload(queued: QueuedEvent) -> Any:
+    """The job argument exactly as arq hands it to the job (MessagePack round trip)."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(queued))
+
+
+class Clock:
+    """A settable clock for lease arithmetic without sleeping."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# ---- signed courier requests -------------------------------------------------------------------
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def event_payload(event_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A valid courier event as a dict; keyword arguments replace top-level fields."""
+    body: dict[str, Any] = {
+        "event_id": new_event_id() if event_id is None else event_id,
+        "event_type": "shipment.picked_up",
+        "occurred_at": "2026-11-22T10:15:00+01:00",
+        "shipment": {"id": "shp_123", "order_id": "ord_9", "tracking_number": "1Z999"},
+        "location": {"lat": 52.52, "lon": 13.4},
+        "data": {"hub": "BER", "items": [{"sku": "A-1", "qty": 2}]},
+    }
+    body.update(overrides)
+    return body
+
+
+def event_body(event_id: str | None = None, **overrides: Any) -> bytes:
+    """A valid courier event, serialized compactly."""
+    return json.dumps(event_payload(event_id, **overrides), separators=(",", ":")).encode()
+
+
+def reference_signature(
+    body: bytes, secret: str = TEST_SECRETS[0], *, msg_id: str, timestamp: int
+) -> str:
+    """``v1,<base64>`` computed by the ``standardwebhooks`` reference package."""
+    signed: str = Webhook(secret).sign(
+        msg_id, datetime.fromtimestamp(timestamp, tz=UTC), body.decode()
+    )
+    return signed
+
+
+def reference_headers(
+    body: bytes,
+    secret: str = TEST_SECRETS[0],
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """Content type plus the three Standard Webhooks headers, signed by the reference package."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        **JSON,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": reference_signature(body, secret, msg_id=msg_id, timestamp=timestamp),
+    }
+
+
+def our_headers(body: bytes, secret: str = TEST_SECRETS[0]) -> dict[str, str]:
+    """Content type plus Standard Webhooks headers signed by ``shared.signing`` (any bytes)."""
+    return {**JSON, **signed_headers(secret, f"msg_{uuid.uuid4().hex}", body, time.time())}
+
+
+def hex_headers(body: bytes, secret: str = TEST_HEX_SECRET) -> dict[str, str]:
+    """Content type plus the legacy ``X-Signature: sha256=<hex>``, computed with hmac directly."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {**JSON, "X-Signature": f"sha256={digest}"}
+
+
+# ---- stored documents and process environments -------------------------------------------------
+
+
+async def write_letter(
+    db: AsyncDatabase[Document],
+    event_id: str,
+    *,
+    at: datetime = T0,
+    source: str = "acme",
+    code: str = "downstream_unavailable",
+    reason: DeadLetterReason = DeadLetterReason.RETRIES_EXHAUSTED,
+    event_type: EventType = EventType.PICKED_UP,
+) -> str:
+    """Write a dead letter with the worker's own storage call; its key."""
+    queued = make_event(event_id, event_type, source=source)
+    attempt = AttemptRecord(
+        attempt=1, at=at, code=code, message=f"{code} happened", transient=True, duration_ms=3
+    )
+    await DeadLetters(db).dead_letter(
+        queued.idempotency_key,
+        source=source,
+        event_id=event_id,
+        shipment_id=queued.event.shipment.id,
+        event=msgspec.to_builtins(queued.event),
+        request_id=queued.request_id,
+        reason=reason,
+        code=code,
+        message=f"{code} happened",
+        attempts=[attempt],
+        now=at,
+    )
+    return queued.idempotency_key
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``GATEWAY_*`` variables that ``load_settings`` turns back into ``settings``."""
+    env: dict[str, str] = {}
+    for name in Settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        variable = "GATEWAY_" + name.upper()
+        if name == "sources":
+            env[variable] = msgspec.json.encode(value).decode()
+        else:
+            env[variable] = str(value)
+    return env

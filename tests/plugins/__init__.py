@@ -1,0 +1,1 @@
+"""pytest plugins with the shared fixtures, registered in ``tests/conftest.py``."""
