@@ -48,7 +48,7 @@ from shared.queue import (
     serialize,
     worker_health_key,
 )
-from shared.settings import Settings, SettingsError, check_worker_timing
+from shared.settings import Settings, check_settings
 from shared.storage.mongo import open_mongo
 
 __all__ = [
@@ -81,11 +81,7 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
 
 def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` running our job from ``settings``."""
-    check_worker_timing(settings)
-    if settings.downstream_url and not settings.downstream_secret:
-        raise SettingsError(
-            "GATEWAY_DOWNSTREAM_SECRET: required when GATEWAY_DOWNSTREAM_URL is set"
-        )
+    check_settings(settings)
     name = worker_id or default_worker_id(settings)
     return {
         "functions": [func(process_event, name=JOB_FUNCTION)],

@@ -5,6 +5,11 @@ start. Everything else receives a frozen :class:`Settings` instance; tests build
 one directly with :func:`Settings` keyword arguments instead of patching
 ``os.environ``.
 
+Enumerated values (``GATEWAY_LOG_LEVEL``, ``GATEWAY_LOG_FORMAT``, a source's
+``scheme``) are case-insensitive: ``warning`` and ``WARNING`` both read as
+``WARNING`` (docs/contract.md §4.3). Checks that involve more than one field
+are all in :func:`check_settings`.
+
 Invalid settings raise :class:`SettingsError`, whose message names the variable
 (``GATEWAY_MAX_ATTEMPTS: Expected `int` >= 1, got `0```); the console entry
 points turn it into a one-line message and exit status 2.
@@ -29,7 +34,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SourceConfig",
-    "check_worker_timing",
+    "check_settings",
     "decode_secret",
     "load_settings",
     "redact_url",
@@ -174,6 +179,31 @@ _FIELD_ENV = {name: ENV_PREFIX + name.upper() for name in Settings.__struct_fiel
 _JSON_FIELDS = {"sources"}
 
 
+def _enumerations(struct: type[Struct]) -> dict[str, tuple[str, ...]]:
+    """Each ``Literal`` field of ``struct`` and its allowed values, as declared."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {
+        field.name: tuple(str(value) for value in field.type.values)
+        for field in info.fields
+        if isinstance(field.type, msgspec.inspect.LiteralType)
+    }
+
+
+_SETTINGS_ENUMS = _enumerations(Settings)
+_SOURCE_ENUMS = _enumerations(SourceConfig)
+
+
+def _canonical(raw: Mapping[str, Any], enumerations: Mapping[str, tuple[str, ...]]) -> Any:
+    """``raw`` with enumerated values spelled as declared, whatever their case."""
+    canonical = dict(raw)
+    for name, allowed in enumerations.items():
+        value = canonical.get(name)
+        if isinstance(value, str):
+            canonical[name] = next((a for a in allowed if a.casefold() == value.casefold()), value)
+    return canonical
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Decode :class:`Settings` from ``GATEWAY_*`` variables in ``environ``.
 
@@ -188,9 +218,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raw[name] = value
     raw["sources"] = _read_sources(environ)
     try:
-        settings = msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(_canonical(raw, _SETTINGS_ENUMS), Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_variable(str(exc))) from exc
+        raise SettingsError(_name_variable(str(exc)) + _choices(str(exc))) from exc
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise :class:`SettingsError` for the checks no single field's type expresses.
+
+    :func:`load_settings` runs it; so does a process handed :class:`Settings`
+    built directly. Sources: ids match :data:`SOURCE_ID_PATTERN` and every
+    secret decodes. A downstream URL needs a valid ``whsec_`` secret. A
+    worker's claim on an idempotency key must last longer than arq lets the
+    job run; otherwise a second worker could take the key over while the
+    first is still applying it.
+    """
     _check_sources(settings.sources)
     if settings.downstream_url and not settings.downstream_secret:
         raise SettingsError(
@@ -201,17 +245,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             decode_secret(settings.downstream_secret)
         except ValueError as exc:
             raise SettingsError(f"GATEWAY_DOWNSTREAM_SECRET: {exc}") from exc
-    check_worker_timing(settings)
-    return settings
-
-
-def check_worker_timing(settings: Settings) -> None:
-    """Raise :class:`SettingsError` unless a job can never outlive its lease.
-
-    A worker's claim on an idempotency key must last longer than arq lets the
-    job run; otherwise a second worker could take the key over while the first
-    is still applying it.
-    """
     if settings.lease_s <= settings.job_timeout_s:
         raise SettingsError(
             f"GATEWAY_LEASE_S: must exceed GATEWAY_JOB_TIMEOUT_S ({settings.job_timeout_s:g} s), "
@@ -236,9 +269,22 @@ def _read_sources(environ: Mapping[str, str]) -> Any:
     if not text.strip():
         return {}
     try:
-        return msgspec.json.decode(text, type=dict[str, SourceConfig])
+        decoded = msgspec.json.decode(text, type=dict[str, dict[str, Any]])
+        canonical = {k: _canonical(v, _SOURCE_ENUMS) for k, v in decoded.items()}
+        return msgspec.convert(canonical, dict[str, SourceConfig])
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"{variable}: {exc}{_choices(str(exc))}") from exc
     except msgspec.DecodeError as exc:
         raise SettingsError(f"{variable}: {exc}") from exc
+
+
+def _choices(message: str) -> str:
+    """For msgspec's ``Invalid enum value ... - at `$.field```: the allowed values."""
+    match = re.search(r"^Invalid enum value .* - at `[^`]*\.(\w+)`$", message)
+    if match is None:
+        return ""
+    allowed = {**_SOURCE_ENUMS, **_SETTINGS_ENUMS}.get(match.group(1))
+    return "" if allowed is None else f" (expected one of {', '.join(allowed)}, in any case)"
 
 
 def _check_sources(sources: Mapping[str, SourceConfig]) -> None:

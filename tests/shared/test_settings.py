@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings, SettingsError, SourceConfig, load_settings, redact_url
+from shared.settings import (
+    Settings,
+    SettingsError,
+    SourceConfig,
+    check_settings,
+    load_settings,
+    redact_url,
+)
 from shared.signing import generate_secret
 
 
@@ -55,6 +62,55 @@ def test_empty_variable_counts_as_unset() -> None:
 def test_invalid_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^{variable}: "):
         load_settings({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("GATEWAY_LOG_LEVEL", "warning", "log_level", "WARNING"),
+        ("GATEWAY_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+        ("GATEWAY_LOG_LEVEL", "Debug", "log_level", "DEBUG"),
+        ("GATEWAY_LOG_FORMAT", "CONSOLE", "log_format", "console"),
+        ("GATEWAY_LOG_FORMAT", "Json", "log_format", "json"),
+    ],
+)
+def test_enumerated_values_are_case_insensitive(
+    variable: str, value: str, field: str, expected: str
+) -> None:
+    assert getattr(load_settings({variable: value}), field) == expected
+
+
+def test_a_source_scheme_is_case_insensitive() -> None:
+    sources = {"old": {"secrets": ["x" * 16], "scheme": "HEX"}}
+    settings = load_settings({"GATEWAY_SOURCES": json.dumps(sources)})
+    assert settings.sources["old"].scheme == "hex"
+    assert settings.sources["old"].hmac_keys() == (b"x" * 16,)
+
+
+def test_an_unknown_enumerated_value_lists_the_allowed_ones() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"GATEWAY_LOG_LEVEL": "loud"})
+    assert str(raised.value) == (
+        "GATEWAY_LOG_LEVEL: Invalid enum value 'loud' "
+        "(expected one of DEBUG, ERROR, INFO, WARNING, in any case)"
+    )
+    with pytest.raises(SettingsError, match=r"^GATEWAY_SOURCES: .*expected one of hex, standard"):
+        load_settings({"GATEWAY_SOURCES": '{"acme": {"secrets": ["x"], "scheme": "md5"}}'})
+
+
+def test_cross_field_checks_run_on_settings_built_directly() -> None:
+    check_settings(Settings())
+    with pytest.raises(SettingsError, match=r"^GATEWAY_LEASE_S: must exceed GATEWAY_JOB_TIMEOUT_S"):
+        check_settings(Settings(lease_s=30.0, job_timeout_s=30.0))
+    with pytest.raises(SettingsError, match=r"^GATEWAY_DOWNSTREAM_SECRET: required"):
+        check_settings(Settings(downstream_url="http://127.0.0.1:9/hook"))
+    with pytest.raises(SettingsError, match=r"^GATEWAY_SOURCES: source id 'Acme' must match"):
+        check_settings(Settings(sources={"Acme": SourceConfig(secrets=(generate_secret(),))}))
+
+
+def test_a_lease_not_longer_than_the_job_timeout_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_LEASE_S: must exceed"):
+        load_settings({"GATEWAY_LEASE_S": "10", "GATEWAY_JOB_TIMEOUT_S": "10"})
 
 
 def test_sources_are_read_from_json() -> None:
