@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from shared.settings import (
     redact_url,
 )
 from shared.signing import generate_secret
+from tests.plugins.worker import WorkerPool
 
 
 def test_defaults_match_the_spec() -> None:
@@ -200,3 +202,15 @@ def test_repr_hides_secrets_and_passwords() -> None:
 def test_redact_url_keeps_everything_but_the_password() -> None:
     assert redact_url("redis://user:pw@host:1/0") == "redis://user:***@host:1/0"
     assert redact_url("redis://host:1/0") == "redis://host:1/0"
+
+
+@pytest.mark.slow
+async def test_a_worker_starts_with_a_lower_case_log_level_and_applies_it(
+    worker_pool: WorkerPool, worker_settings: Callable[..., Settings]
+) -> None:
+    [worker] = await worker_pool.start(worker_settings(), 1, GATEWAY_LOG_LEVEL="warning")
+    assert worker.process.poll() is None
+    worker_pool.stop_all()
+    assert worker.process.returncode == 0
+    levels = {line.get("level") for line in worker.log_lines()}
+    assert levels <= {"warning", "error", "critical"}, levels
