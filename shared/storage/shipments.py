@@ -46,6 +46,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.contracts import TERMINAL_STATUSES, CourierEvent
+from shared.storage.errors import StoreRejected
 from shared.storage.mongo import SHIPMENTS, Document, translate_errors
 
 __all__ = ["HISTORY_LIMIT", "Decision", "Outcome", "Shipments", "shipment_key"]
@@ -113,7 +114,8 @@ class Shipments:
                     if attempt == 1:
                         raise
                     continue
-            assert after is not None, "an upsert returning the new document returns one"
+            if after is None:  # pragma: no cover - an upsert returning "after" returns one
+                raise StoreRejected("apply_event: findAndModify returned no document")
             return Decision(Outcome(after["last_apply"]["outcome"]), after["status"])
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -134,13 +136,18 @@ def _verdict(event: CourierEvent) -> Document:
     """The rules, in order, as one ``$switch`` over the stored document."""
     status = _literal(event.event_type.status)
     occurred_at = event.occurred_at
+    # Numbered as in the module docstring; rule 6 is the default.
     rules: list[tuple[Document, Outcome]] = [
+        # 1. no stored shipment (the upsert starts from {_id})
         ({"$eq": [{"$ifNull": ["$status", None]}, None]}, Outcome.APPLIED),
+        # 2. already in history
         (
             {"$in": [_literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
             Outcome.ALREADY_APPLIED,
         ),
+        # 3. another order
         ({"$ne": ["$order_id", _literal(event.shipment.order_id)]}, Outcome.ORDER_MISMATCH),
+        # 4. terminal, not older, another status
         (
             {
                 "$and": [
@@ -151,6 +158,7 @@ def _verdict(event: CourierEvent) -> Document:
             },
             Outcome.INVALID_TRANSITION,
         ),
+        # 5. older
         ({"$lt": [occurred_at, "$last_event_at"]}, Outcome.RECORDED_STALE),
     ]
     branches = [{"case": case, "then": outcome.value} for case, outcome in rules]
