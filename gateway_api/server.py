@@ -7,7 +7,7 @@ import structlog
 import uvicorn
 
 from gateway_api.app import create_app
-from scripts.cli import settings_from_env
+from scripts.commands.cli import settings_from_env
 from shared.logging import configure_logging
 from shared.settings import SettingsError, redact_url
 

@@ -13,7 +13,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from gateway_worker.worker import build_worker_settings
-from scripts.cli import settings_from_env
+from scripts.commands.cli import settings_from_env
 from shared.logging import configure_logging
 from shared.queue import worker_health_key
 from shared.settings import Settings

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.services import RedisServer, free_port, wait_for_port
+from scripts.harness.services import RedisServer, free_port, wait_for_port
 from tests.api.webhooks import event_body, new_event_id, reference_headers
 from tests.conftest import TEST_HEX_SECRET, TEST_SECRETS
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_worker import make_events
+from scripts.proof.bench.worker import make_events
 from shared.contracts import TERMINAL_STATUSES
 
 
@@ -41,7 +41,7 @@ def test_tiny_benchmark_measures_each_worker_count_and_three_round_trips_per_eve
     if real_mongo:
         args += ["--mongo-url", real_mongo]
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "bench-worker", *args],
+        [sys.executable, "-m", "scripts.commands.cli", "bench-worker", *args],
         capture_output=True,
         text=True,
         timeout=110,

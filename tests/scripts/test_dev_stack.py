@@ -25,7 +25,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from scripts.services import free_port, port_is_open
+from scripts.harness.services import free_port, port_is_open
 from shared.settings import load_settings
 from shared.signing import signed_headers
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from scripts.load_test.report import (
+from scripts.proof.loadtest.report import (
     Collected,
     DeliveryCounts,
     Drain,
@@ -25,7 +25,7 @@ from scripts.load_test.report import (
     sc003_no_duplicate_effects,
     sc004_retry_recovery,
 )
-from scripts.load_test.traffic import Kind, SentRecord
+from scripts.proof.loadtest.traffic import Kind, SentRecord
 
 SPEC = Thresholds()
 DRAINED = Drain(drained=True, seconds=1.5, queue_left=0, non_terminal_left=0)

@@ -22,8 +22,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scripts.load_test.probes import CpuMeter, cpu_seconds
-from scripts.load_test.traffic import (
+from scripts.proof.loadtest.probes import CpuMeter, cpu_seconds
+from scripts.proof.loadtest.traffic import (
     EventStream,
     LoadConfig,
     Recorder,

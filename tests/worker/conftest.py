@@ -32,9 +32,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import WorkerMetrics
-from scripts.mock_downstream import MockDownstreamClient, MockDownstreamProcess
-from scripts.services import free_port
-from scripts.tcp_proxy import TcpProxy as TcpProxy  # re-exported for the outage tests
+from scripts.harness.mock_downstream import MockDownstreamClient, MockDownstreamProcess
+from scripts.harness.services import free_port
+from scripts.harness.tcp_proxy import TcpProxy as TcpProxy  # re-exported for the outage tests
 from shared.contracts import CourierEvent, EventType, QueuedEvent, ReplayRef, Shipment
 from shared.queue import Enqueuer, worker_health_key
 from shared.settings import Settings

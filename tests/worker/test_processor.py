@@ -21,8 +21,8 @@ from pymongo.monitoring import (
 from gateway_worker.backoff import backoff_bound
 from gateway_worker.jobs import EventProcessor, JobResult
 from gateway_worker.metrics import WorkerMetrics
-from scripts.mock_downstream import MockDownstreamClient
-from scripts.services import free_port
+from scripts.harness.mock_downstream import MockDownstreamClient
+from scripts.harness.services import free_port
 from shared.contracts import EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters

@@ -2,7 +2,7 @@
 
 One command, in order:
 
-1. **stack** — start the whole gateway on this machine (:class:`~scripts.stack.Stack`:
+1. **stack** — start the whole gateway on this machine (:class:`~scripts.devstack.stack.Stack`:
    redis-server, the embedded MongoDB-wire server unless ``--mongo-url`` /
    ``GATEWAY_MONGO_URL`` names a MongoDB, ``gateway init-db``, the API,
    ``--workers`` workers and the mock downstream answering 503 to
@@ -10,7 +10,7 @@ One command, in order:
    retries to finish within the drain (:data:`STACK_ENV`); or, with
    ``--target URL``, use a running stack (its ``GATEWAY_*`` variables, e.g.
    ``set -a; . stack.env; set +a`` after ``gateway dev --with-mock-downstream``);
-2. **load** — Locust headless in a child process (``scripts/load_test/locustfile.py``:
+2. **load** — Locust headless in a child process (``scripts/proof/loadtest/locustfile.py``:
    signed requests, resends, out-of-order pairs, mixed event types) with
    ``--users`` users for ``--duration`` seconds at ``--rate`` requests/s in
    total; every answer is recorded per request;
@@ -18,7 +18,7 @@ One command, in order:
    empty and every accepted key is terminal in ``processed_events``;
 4. **collect and judge** — ``processed_events`` of every accepted key, the
    mock downstream's deliveries, the touched shipments' histories and the
-   workers' job counters; SC-001..SC-004 (:mod:`scripts.load_test.report`);
+   workers' job counters; SC-001..SC-004 (:mod:`scripts.proof.loadtest.report`);
 5. **report** — ``report.md``, ``report.json``, Locust's ``locust.html`` (and
    its CSV/JSON statistics), child logs under ``logs/``; exit 1 on any miss.
 
@@ -52,8 +52,10 @@ from pymongo.errors import PyMongoError
 from rich.console import Console
 
 import scripts
-from scripts.load_test.probes import CpuMeter, ProfileRecorder
-from scripts.load_test.report import (
+from scripts.devstack.stack import Stack, StackOptions
+from scripts.harness.services import ServiceError, free_port
+from scripts.proof.loadtest.probes import CpuMeter, ProfileRecorder
+from scripts.proof.loadtest.report import (
     Collected,
     Criterion,
     DeliveryCounts,
@@ -71,9 +73,7 @@ from scripts.load_test.report import (
     render_markdown,
     request_mix,
 )
-from scripts.load_test.traffic import SentRecord, read_records
-from scripts.services import ServiceError, free_port
-from scripts.stack import Stack, StackOptions
+from scripts.proof.loadtest.traffic import SentRecord, read_records
 from shared.settings import Settings, SettingsError, load_settings, redact_url
 from shared.storage.mongo import PROCESSED_EVENTS, SHIPMENTS
 
@@ -87,7 +87,7 @@ __all__ = [
 ]
 
 REPO_ROOT: Final = Path(scripts.__file__).resolve().parent.parent
-LOCUSTFILE: Final = Path(__file__).resolve().parent / "load_test" / "locustfile.py"
+LOCUSTFILE: Final = Path(__file__).resolve().parent / "locustfile.py"
 STACK_ENV: Final[dict[str, str]] = {
     # Retries within seconds, not minutes, so a run drains in a bounded time:
     # delay bounds 0.2, 0.8, 3.2, 5, 5 s (full jitter), 6 attempts.

@@ -1,4 +1,4 @@
-"""Run mongoeco's MongoDB-wire server as a process: ``python -m scripts.embedded_mongo``.
+"""Run mongoeco's MongoDB-wire server as a process: ``python -m scripts.harness.embedded_mongo``.
 
 In-memory and non-durable: everything is gone when the process stops. Used by
 ``gateway dev`` and the test suite, never in production. Prints one line,

@@ -160,7 +160,7 @@ class EmbeddedMongo:
         if self.process is not None and self.process.poll() is None:
             return self
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.embedded_mongo", "--port", str(self.port)],
+            [sys.executable, "-m", "scripts.harness.embedded_mongo", "--port", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

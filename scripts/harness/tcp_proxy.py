@@ -3,7 +3,7 @@
 Used to make a real network outage between the workers/API and MongoDB: the
 worker tests run :class:`TcpProxy` in their own event loop, ``gateway chaos``
 runs it as a child process (:class:`TcpProxyProcess`, ``python -m
-scripts.tcp_proxy``) so relaying never competes with the load driver for one
+scripts.harness.tcp_proxy``) so relaying never competes with the load driver for one
 interpreter.
 
 Two kinds of outage (:class:`OutageMode`):
@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import IO, Self
 
-from scripts.services import ServiceError, terminate
+from scripts.harness.services import ServiceError, terminate
 
 __all__ = ["OutageMode", "TcpProxy", "TcpProxyProcess"]
 
@@ -161,7 +161,13 @@ class TcpProxyProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
-        args = [sys.executable, "-m", "scripts.tcp_proxy", "--target-host", self.target_host]
+        args = [
+            sys.executable,
+            "-m",
+            "scripts.harness.tcp_proxy",
+            "--target-host",
+            self.target_host,
+        ]
         args += ["--target-port", str(self.target_port)]
         self.process = subprocess.Popen(
             args,

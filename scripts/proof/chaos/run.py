@@ -2,12 +2,12 @@
 
 One command (``docs/reliability.md`` has the fault model and a real report):
 
-1. starts the whole gateway here (``scripts/stack.py``): Redis with an AOF on
+1. starts the whole gateway here (``scripts/devstack/stack.py``): Redis with an AOF on
    disk, MongoDB (embedded, or ``--mongo-url``) behind a TCP proxy the
    harness can cut, ``gateway init-db``, the API, ``--workers`` workers and
    the mock downstream (signature checking on, ``--downstream-latency-ms``
    per delivery so jobs are in flight when a worker is killed);
-2. drives it with :class:`~scripts.chaos_driver.ChaosDriver` at ``--rate``
+2. drives it with :class:`~scripts.proof.chaos.driver.ChaosDriver` at ``--rate``
    events/s for ``--duration`` seconds: signed at send time, retried like a
    courier on 503 and connection errors;
 3. meanwhile injects, on a schedule spread over the run (reproducible with
@@ -20,7 +20,7 @@ One command (``docs/reliability.md`` has the fault model and a real report):
    Redis SIGKILL, and then Redis runs with ``appendfsync always``;
 4. stops the load, waits for the queue to drain (``--drain-timeout``), reads
    MongoDB, Redis and the downstream's records, checks the invariants
-   (:mod:`scripts.chaos_report`), writes ``report.md`` and ``report.json``
+   (:mod:`scripts.proof.chaos.report`), writes ``report.md`` and ``report.json``
    (and every process's log under ``logs/``) to ``--output``, and exits 1 on
    any violation.
 
@@ -57,8 +57,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from scripts.chaos_driver import ChaosDriver, CourierRetry, DriverResult
-from scripts.chaos_report import (
+from scripts.devstack.stack import Stack, StackOptions
+from scripts.harness.mock_downstream import Delivery, MockDownstreamClient
+from scripts.harness.services import ServiceError, free_port, wait_for_port
+from scripts.harness.tcp_proxy import OutageMode
+from scripts.proof.chaos.driver import ChaosDriver, CourierRetry, DriverResult
+from scripts.proof.chaos.report import (
     Collected,
     DeadLetterDoc,
     DeliveryRecord,
@@ -75,10 +79,6 @@ from scripts.chaos_report import (
     render_markdown,
     timeline,
 )
-from scripts.mock_downstream import Delivery, MockDownstreamClient
-from scripts.services import ServiceError, free_port, wait_for_port
-from scripts.stack import Stack, StackOptions
-from scripts.tcp_proxy import OutageMode
 from shared.queue import deserialize
 from shared.signing import generate_secret
 from shared.storage.errors import StorageError
@@ -355,7 +355,7 @@ class _Run:
         return records
 
     def _worker_id(self, index: int) -> str:
-        # As scripts/stack.py names them.
+        # As scripts/devstack/stack.py names them.
         return f"{os.uname().nodename}-w{index + 1}"
 
     async def _leases_of(self, worker_id: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The load test's verdicts (SPEC §6, SC-001..SC-004), as pure functions of what a run collected.
 
 ``gateway loadtest`` gathers the facts — Locust's statistics, one
-:class:`~scripts.load_test.traffic.SentRecord` per request, each accepted
+:class:`~scripts.proof.loadtest.traffic.SentRecord` per request, each accepted
 key's ``processed_events`` document, the mock downstream's deliveries and
 the touched shipments' histories — into :class:`Collected`; :func:`evaluate`
 turns them into one :class:`Criterion` per success criterion:
@@ -36,7 +36,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import Struct
 
-from scripts.load_test.traffic import SentRecord
+from scripts.proof.loadtest.traffic import SentRecord
 
 __all__ = [
     "Collected",

@@ -34,8 +34,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from scripts.services import EmbeddedMongo, RedisServer, ServiceError, free_port, wait_for_port
-from scripts.tcp_proxy import TcpProxyProcess
+from scripts.harness.services import (
+    EmbeddedMongo,
+    RedisServer,
+    ServiceError,
+    free_port,
+    wait_for_port,
+)
+from scripts.harness.tcp_proxy import TcpProxyProcess
 from shared.signing import generate_secret
 
 __all__ = ["Child", "Stack", "StackOptions"]
@@ -327,7 +333,7 @@ class Stack:
         return handle
 
     def _gateway(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "scripts.cli", *args]
+        return [sys.executable, "-m", "scripts.commands.cli", *args]
 
     def _start_mock(self) -> None:
         port = free_port()

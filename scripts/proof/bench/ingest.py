@@ -1,7 +1,7 @@
 """``gateway bench-ingest``: the ingest path against a bare Litestar endpoint (SPEC §6).
 
 One run serves two apps, one at a time, with the same uvicorn command line
-(:mod:`scripts.bench_apps`): a bare endpoint answering 202, and the real
+(:mod:`scripts.proof.bench.apps`): a bare endpoint answering 202, and the real
 gateway app with its signature check, validation, logging, metrics and Redis
 enqueue. wrk drives each at 100 connections with pre-signed requests, every
 one carrying a unique event id, so the real path enqueues every request.
@@ -48,7 +48,13 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from scripts.services import EmbeddedMongo, RedisServer, ServiceError, free_port, wait_for_port
+from scripts.harness.services import (
+    EmbeddedMongo,
+    RedisServer,
+    ServiceError,
+    free_port,
+    wait_for_port,
+)
 from shared.settings import decode_secret
 from shared.signing import generate_secret, sign
 
@@ -64,8 +70,8 @@ __all__ = [
 
 Target = Literal["bare", "ingest"]
 TARGET_FACTORIES: dict[Target, str] = {
-    "bare": "scripts.bench_apps:create_bare_app",
-    "ingest": "scripts.bench_apps:create_gateway_app",
+    "bare": "scripts.proof.bench.apps:create_bare_app",
+    "ingest": "scripts.proof.bench.apps:create_gateway_app",
 }
 SOURCE = "bench"
 QUEUE_NAME = "gateway:bench"

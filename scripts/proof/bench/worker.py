@@ -59,9 +59,9 @@ from rich.table import Table
 
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import WorkerMetrics
-from scripts.load_test.probes import cpu_seconds
-from scripts.load_test.traffic import plan_lifecycle
-from scripts.services import EmbeddedMongo, RedisServer, ServiceError
+from scripts.harness.services import EmbeddedMongo, RedisServer, ServiceError
+from scripts.proof.loadtest.probes import cpu_seconds
+from scripts.proof.loadtest.traffic import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
 from shared.logging import configure_logging
 from shared.queue import Enqueuer, open_queue_pool, serialize, worker_health_key
@@ -271,7 +271,7 @@ class _Round:
             self._logs.append(log)
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "scripts.cli", "worker"],
+                    [sys.executable, "-m", "scripts.commands.cli", "worker"],
                     env=self.env(index),
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -28,7 +28,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from scripts.sign import sign_body
+from scripts.commands.sign import sign_body
 from shared.settings import Settings, SourceConfig
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
@@ -289,7 +289,7 @@ def demo_command(
     api_url: str | None, source: str | None, mock_url: str | None, timeout_s: float
 ) -> None:
     """Send a scripted mix of events to a running stack and show what happened to each."""
-    from scripts.cli import settings_from_env
+    from scripts.commands.cli import settings_from_env
 
     settings = settings_from_env()
     if not settings.sources:

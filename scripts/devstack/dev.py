@@ -22,9 +22,9 @@ from types import FrameType
 
 import click
 
-from scripts.services import ServiceError
-from scripts.sign import curl_line, sign_body
-from scripts.stack import Stack, StackOptions
+from scripts.commands.sign import curl_line, sign_body
+from scripts.devstack.stack import Stack, StackOptions
+from scripts.harness.services import ServiceError
 from shared.settings import SourceConfig, load_settings, redact_url
 
 __all__ = ["dev_command", "sample_event"]
@@ -72,7 +72,7 @@ def _raise_stop(signum: int, _: FrameType | None) -> None:
 )
 def dev_command(port: int, workers: int, with_mock_downstream: bool, log_dir: Path | None) -> None:
     """Run the whole gateway locally until Ctrl-C."""
-    from scripts.cli import settings_from_env
+    from scripts.commands.cli import settings_from_env
 
     settings_from_env()  # fail fast, naming the variable, before starting anything
     stack = Stack(

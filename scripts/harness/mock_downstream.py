@@ -39,7 +39,7 @@ import msgspec
 import uvicorn
 from msgspec import Struct
 
-from scripts.services import ServiceError, free_port, terminate, wait_for_port
+from scripts.harness.services import ServiceError, free_port, terminate, wait_for_port
 from shared.settings import decode_secret
 from shared.signing import ID_HEADER, SignatureError, verify_standard
 
@@ -326,7 +326,7 @@ class MockDownstreamProcess:
         return f"{self.base_url}/webhooks"
 
     def start(self) -> Self:
-        args = [sys.executable, "-m", "scripts.mock_downstream", "--port", str(self.port)]
+        args = [sys.executable, "-m", "scripts.harness.mock_downstream", "--port", str(self.port)]
         if self._seed is not None:
             args += ["--seed", str(self._seed)]
         env = dict(os.environ)

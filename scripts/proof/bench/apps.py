@@ -12,7 +12,7 @@ difference between the two measurements is the application:
   "minimal handler" of SPEC §6's reference figures: decode the event and
   enqueue it with the product's :class:`~shared.queue.Enqueuer` (one Lua call,
   enqueues of one loop turn in one pipeline), nothing else. Measure it with
-  ``gateway bench-ingest --ingest-factory scripts.bench_apps:create_minimal_enqueue_app``.
+  ``gateway bench-ingest --ingest-factory scripts.proof.bench.apps:create_minimal_enqueue_app``.
 """
 
 from __future__ import annotations

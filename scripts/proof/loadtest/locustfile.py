@@ -4,15 +4,15 @@ Run it through ``gateway loadtest`` (which starts the stack, runs Locust
 headless and checks SPEC §6), or by hand from the repository root::
 
     GATEWAY_SOURCES_FILE=sources.json LOADTEST_RATE=50 \\
-        python -m locust -f scripts/load_test/locustfile.py --headless \\
+        python -m locust -f scripts/proof/loadtest/locustfile.py --headless \\
         -u 100 -r 50 -t 60s --host http://127.0.0.1:8000
 
 Every request is signed when it is sent (Standard Webhooks, or the source's
 ``hex`` scheme) with the source's first configured secret, read from
 ``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` — never from argv. What each
 user sends (lifecycles with mixed event types, resends, out-of-order pairs)
-is :class:`scripts.load_test.traffic.EventStream`. Configuration
-(``LOADTEST_*``, see :meth:`~scripts.load_test.traffic.LoadConfig.from_env`):
+is :class:`scripts.proof.loadtest.traffic.EventStream`. Configuration
+(``LOADTEST_*``, see :meth:`~scripts.proof.loadtest.traffic.LoadConfig.from_env`):
 
 * ``LOADTEST_RATE`` — target requests/s of all users together (default 40;
   0 = unpaced); each user sends ``rate / users`` requests/s on a fixed
@@ -40,8 +40,8 @@ from typing import Any
 
 from locust import FastHttpUser, events, task
 
-from scripts.load_test.traffic import EventStream, LoadConfig, Recorder, SentRecord
-from scripts.sign import sign_body
+from scripts.commands.sign import sign_body
+from scripts.proof.loadtest.traffic import EventStream, LoadConfig, Recorder, SentRecord
 
 CONFIG = LoadConfig.from_env(os.environ)
 _user_numbers = itertools.count(1)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from scripts.bench_ingest import summarize_collapsed_stacks
-from scripts.load_test.report import Profile
+from scripts.proof.bench.ingest import summarize_collapsed_stacks
+from scripts.proof.loadtest.report import Profile
 
 __all__ = ["CpuMeter", "ProfileRecorder", "cpu_seconds"]
 

@@ -49,7 +49,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import Struct
 
-from scripts.chaos_driver import DriverResult, SentEvent
+from scripts.proof.chaos.driver import DriverResult, SentEvent
 
 __all__ = [
     "Collected",
