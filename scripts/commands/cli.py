@@ -8,14 +8,11 @@ Litestar.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 import click
 
-from shared.settings import Settings, SettingsError, load_settings
-
-__all__ = ["main", "settings_from_env"]
+__all__ = ["main"]
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
@@ -33,14 +30,6 @@ COMMANDS: dict[str, str] = {
     "bench-worker": "scripts.proof.bench.worker:bench_worker_command",
     "chaos": "scripts.proof.chaos.run:chaos_command",
 }
-
-
-def settings_from_env() -> Settings:
-    """Settings from the environment, or exit 2 naming the bad variable."""
-    try:
-        return load_settings(os.environ)
-    except SettingsError as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from exc
 
 
 class LazyGroup(click.Group):

@@ -134,7 +134,7 @@ async def _open_service(settings: Settings) -> AsyncIterator[DeadLetterService]:
 
 def _run[T](work: Callable[[DeadLetterService], Coroutine[Any, Any, T]]) -> T:
     """Run ``work`` with a service, turning service and infrastructure errors into exits."""
-    from scripts.commands.cli import settings_from_env
+    from shared.settings import settings_from_env
 
     settings = settings_from_env()
     _quiet_logs()

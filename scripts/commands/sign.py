@@ -71,7 +71,7 @@ def sign_command(
     msg_id: str | None,
 ) -> None:
     """Sign FILE (a JSON event; '-' reads stdin) for SOURCE and print how to send it."""
-    from scripts.commands.cli import settings_from_env
+    from shared.settings import settings_from_env
 
     body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     if secret is None:

@@ -289,7 +289,7 @@ def demo_command(
     api_url: str | None, source: str | None, mock_url: str | None, timeout_s: float
 ) -> None:
     """Send a scripted mix of events to a running stack and show what happened to each."""
-    from scripts.commands.cli import settings_from_env
+    from shared.settings import settings_from_env
 
     settings = settings_from_env()
     if not settings.sources:

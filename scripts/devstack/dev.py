@@ -72,7 +72,7 @@ def _raise_stop(signum: int, _: FrameType | None) -> None:
 )
 def dev_command(port: int, workers: int, with_mock_downstream: bool, log_dir: Path | None) -> None:
     """Run the whole gateway locally until Ctrl-C."""
-    from scripts.commands.cli import settings_from_env
+    from shared.settings import settings_from_env
 
     settings_from_env()  # fail fast, naming the variable, before starting anything
     stack = Stack(
