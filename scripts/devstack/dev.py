@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import sys
 import time
@@ -27,7 +29,7 @@ from scripts.devstack.stack import Stack, StackOptions
 from scripts.harness.services import ServiceError
 from shared.settings import SourceConfig, load_settings, redact_url
 
-__all__ = ["dev_command", "sample_event"]
+__all__ = ["dev_command", "gateway_invocation", "sample_event"]
 
 
 def sample_event() -> bytes:
@@ -113,6 +115,23 @@ def dev_command(port: int, workers: int, with_mock_downstream: bool, log_dir: Pa
     click.echo("stopped.", err=True)
 
 
+def gateway_invocation() -> str:
+    """How another shell runs this same ``gateway``, as printed.
+
+    ``gateway`` itself when the PATH this command was started with finds this
+    installation (not when ``uv run`` put the virtualenv on PATH for us only);
+    otherwise the virtualenv's script by its absolute path.
+    """
+    ours = Path(sys.prefix) / "bin" / "gateway"
+    on_path = shutil.which("gateway")
+    inside_uv_run = "UV" in os.environ or os.environ.get("VIRTUAL_ENV") == sys.prefix
+    if on_path is not None and not inside_uv_run and Path(on_path).resolve() == ours.resolve():
+        return "gateway"
+    if ours.exists():
+        return shlex.quote(str(ours))
+    return f"{shlex.quote(sys.executable)} -m scripts.commands.cli"
+
+
 def _print_banner(stack: Stack) -> None:
     env = {**os.environ}
     if stack.generated_source is not None:
@@ -156,11 +175,12 @@ def _print_banner(stack: Stack) -> None:
         lines.append(
             f"  admin API        {stack.api_url}/v1/admin (generated token: see stack.env)"
         )
+    gateway = gateway_invocation()
     lines += [
         "",
         "Talk to this stack from another shell (gateway sign / demo / dlq):",
         f"  set -a; . {stack.env_file}; set +a",
-        f"  gateway demo          # or: gateway sign EVENT.json --source {source or 'SOURCE'}",
+        f"  {gateway} demo    # or: {gateway} sign EVENT.json --source {source or 'SOURCE'}",
     ]
     if source:
         headers = sign_body(config, body, now=time.time())

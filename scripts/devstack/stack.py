@@ -39,6 +39,7 @@ from scripts.harness.services import (
     RedisServer,
     ServiceError,
     free_port,
+    spawn,
     wait_for_port,
 )
 from scripts.harness.tcp_proxy import TcpProxyProcess
@@ -66,12 +67,11 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             self.args,
             env=self.env,
             stdout=self.stdout,
             stderr=subprocess.STDOUT if self.stdout is not None else None,
-            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 

@@ -39,7 +39,7 @@ import msgspec
 import uvicorn
 from msgspec import Struct
 
-from scripts.harness.services import ServiceError, free_port, terminate, wait_for_port
+from scripts.harness.services import ServiceError, free_port, spawn, terminate, wait_for_port
 from shared.settings import decode_secret
 from shared.signing import ID_HEADER, SignatureError, verify_standard
 
@@ -333,7 +333,7 @@ class MockDownstreamProcess:
         if self._secret is not None:
             # Through the environment, not argv: argv is visible in `ps`.
             env["MOCK_DOWNSTREAM_SECRET"] = self._secret
-        self.process = subprocess.Popen(
+        self.process = spawn(
             args,
             stdout=subprocess.DEVNULL,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,

@@ -4,6 +4,12 @@ embedded MongoDB-wire server.
 One implementation serves ``gateway dev``, ``gateway loadtest``,
 ``gateway chaos`` and the test suite, so the tests exercise the same start,
 stop and restart paths operators use.
+
+Every child starts in its own session (:func:`spawn`): a terminal's Ctrl-C goes
+to the terminal's whole foreground process group, and a Redis that died of it
+before the workers had stopped would leave them retrying a dead connection for
+their whole grace period. Only the supervisor gets the Ctrl-C; it stops its
+children in order.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "RedisServer",
     "ServiceError",
     "free_port",
+    "spawn",
     "terminate",
     "wait_for_port",
 ]
@@ -53,6 +60,11 @@ def wait_for_port(port: int, *, timeout_s: float = 10.0, host: str = "127.0.0.1"
             return
         time.sleep(0.02)
     raise ServiceError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(args, **options)`` in a new session, out of the terminal's reach."""
+    return subprocess.Popen(args, start_new_session=True, **options)
 
 
 def terminate(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
@@ -112,7 +124,7 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(self.port)
         except ServiceError:
@@ -159,7 +171,7 @@ class EmbeddedMongo:
     def start(self) -> Self:
         if self.process is not None and self.process.poll() is None:
             return self
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [sys.executable, "-m", "scripts.harness.embedded_mongo", "--port", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import IO, Self
 
-from scripts.harness.services import ServiceError, terminate
+from scripts.harness.services import ServiceError, spawn, terminate
 
 __all__ = ["OutageMode", "TcpProxy", "TcpProxyProcess"]
 
@@ -161,15 +161,9 @@ class TcpProxyProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
-        args = [
-            sys.executable,
-            "-m",
-            "scripts.harness.tcp_proxy",
-            "--target-host",
-            self.target_host,
-        ]
-        args += ["--target-port", str(self.target_port)]
-        self.process = subprocess.Popen(
+        args = [sys.executable, "-m", "scripts.harness.tcp_proxy"]
+        args += ["--target-host", self.target_host, "--target-port", str(self.target_port)]
+        self.process = spawn(
             args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
