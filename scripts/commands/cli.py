@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "worker-health": "gateway_worker.main:health_command",
     "init-db": "gateway_worker.main:init_db_command",
     "mock-downstream": "scripts.harness.mock_downstream:mock_downstream_command",
-    "bench-ingest": "scripts.proof.bench.ingest:bench_ingest_command",
+    "bench-ingest": "scripts.proof.bench.ingest.run:bench_ingest_command",
     "sign": "scripts.commands.sign:sign_command",
     "dev": "scripts.devstack.dev:dev_command",
     "dlq": "scripts.commands.dlq:dlq_command",

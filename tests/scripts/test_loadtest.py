@@ -22,7 +22,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scripts.proof.loadtest.probes import CpuMeter, cpu_seconds
 from scripts.proof.loadtest.traffic import (
     EventStream,
     LoadConfig,
@@ -32,6 +31,7 @@ from scripts.proof.loadtest.traffic import (
     read_records,
     send_order,
 )
+from scripts.proof.probes import CpuMeter, cpu_seconds
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from shared.signing import generate_secret
 from tests.scripts.commands import run_gateway

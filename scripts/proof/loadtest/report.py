@@ -37,6 +37,7 @@ import msgspec
 from msgspec import Struct
 
 from scripts.proof.loadtest.traffic import SentRecord
+from scripts.proof.probes import Profile
 
 __all__ = [
     "Collected",
@@ -153,16 +154,6 @@ class LoadWindow(Struct, frozen=True, kw_only=True):
     @property
     def queue_depth_max(self) -> int:
         return max(self.queue_depth, default=0)
-
-
-class Profile(Struct, frozen=True, kw_only=True):
-    """py-spy's samples of one process, summarised (shares in % of samples)."""
-
-    process: str
-    samples_file: str
-    packages: list[tuple[str, float]]
-    self_time: list[tuple[str, float]]
-    inclusive: list[tuple[str, float]]
 
 
 class Report(Struct, kw_only=True):

@@ -54,7 +54,6 @@ from rich.console import Console
 import scripts
 from scripts.devstack.stack import Stack, StackOptions
 from scripts.harness.services import ServiceError, free_port
-from scripts.proof.loadtest.probes import CpuMeter, ProfileRecorder
 from scripts.proof.loadtest.report import (
     Collected,
     Criterion,
@@ -74,6 +73,7 @@ from scripts.proof.loadtest.report import (
     request_mix,
 )
 from scripts.proof.loadtest.traffic import SentRecord, read_records
+from scripts.proof.probes import CpuMeter, ProfileRecorder
 from shared.settings import Settings, SettingsError, load_settings, redact_url
 from shared.storage.mongo import PROCESSED_EVENTS, SHIPMENTS
 
