@@ -25,10 +25,12 @@ from typing import Any
 
 import click
 import httpx
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 from scripts.commands.sign import sign_body
+from scripts.traffic.observe import Observer
 from shared.settings import Settings, SourceConfig
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
@@ -36,8 +38,6 @@ from shared.storage.mongo import open_mongo
 from shared.storage.shipments import Shipments
 
 __all__ = ["Step", "demo_command", "run_demo"]
-
-_TERMINAL = {"succeeded", "dead_lettered"}
 
 
 @dataclass
@@ -177,6 +177,7 @@ async def run_demo(
     mongo = open_mongo(settings.mongo_url)
     db = mongo[settings.mongo_db]
     events, shipments, dead_letters = ProcessedEvents(db), Shipments(db), DeadLetters(db)
+    observer = Observer(db, Redis.from_url(settings.redis_url), settings.queue_name)
     mock = httpx.AsyncClient(base_url=mock_url, timeout=10) if mock_url else None
     try:
         async with httpx.AsyncClient(timeout=10) as http:
@@ -186,13 +187,13 @@ async def run_demo(
             await demo.send(duplicate, new.body())
             for step in (newer, older, forged, invalid):
                 await demo.send(step)
-            await _wait_terminal(events, source, steps, timeout_s)
+            await _wait_terminal(observer, source, steps, timeout_s)
             if mock is not None and await _control(mock, fail_first=2):
                 progress("made the downstream fail each new key's first 2 deliveries")
                 try:
                     await demo.send(transient)
                     steps.append(transient)
-                    await _wait_terminal(events, source, steps, timeout_s)
+                    await _wait_terminal(observer, source, steps, timeout_s)
                 finally:
                     await _control(mock, fail_first=0)
             else:
@@ -200,12 +201,13 @@ async def run_demo(
             progress("sending an event whose order_id contradicts its shipment")
             await demo.send(permanent)
             steps.append(permanent)
-            await _wait_terminal(events, source, steps, timeout_s)
+            await _wait_terminal(observer, source, steps, timeout_s)
         for step in steps:
             await _describe(step, source, events, shipments, dead_letters)
     finally:
         if mock is not None:
             await mock.aclose()
+        await observer.redis.aclose()
         await mongo.close()
     return steps
 
@@ -219,17 +221,11 @@ async def _control(mock: httpx.AsyncClient, **rules: int) -> bool:
 
 
 async def _wait_terminal(
-    events: ProcessedEvents, source: str, steps: list[Step], timeout_s: float
+    observer: Observer, source: str, steps: list[Step], timeout_s: float
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    waiting = [s for s in steps if s.expect_state is not None and s.http in (200, 202)]
-    while waiting and time.monotonic() < deadline:
-        for step in list(waiting):
-            document = await events.get(f"{source}:{step.event_id}")
-            if document is not None and document.get("status") in _TERMINAL:
-                waiting.remove(step)
-        if waiting:
-            await asyncio.sleep(0.2)
+    queued = [s for s in steps if s.expect_state is not None and s.http in (200, 202)]
+    keys = {f"{source}:{step.event_id}" for step in queued}
+    await observer.drain(keys, timeout_s=timeout_s, wait_for_queue=False, poll_s=0.2)
 
 
 async def _describe(

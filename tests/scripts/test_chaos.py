@@ -24,7 +24,6 @@ from scripts.proof.chaos.driver import (
     DriverResult,
     Resend,
     SentEvent,
-    ShipmentPlanner,
 )
 from scripts.proof.chaos.report import (
     Collected,
@@ -41,6 +40,7 @@ from scripts.proof.chaos.report import (
     render_markdown,
 )
 from scripts.proof.chaos.run import ChaosOptions, plan_faults
+from scripts.traffic.events import ShipmentPlanner
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from tests.scripts.commands import run_gateway
 

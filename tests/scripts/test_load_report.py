@@ -7,11 +7,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from scripts.proof.loadtest.records import SentRecord
 from scripts.proof.loadtest.report import (
     Collected,
     DeliveryCounts,
-    Drain,
-    KeyState,
     LatencySummary,
     Report,
     Thresholds,
@@ -25,7 +24,8 @@ from scripts.proof.loadtest.report import (
     sc003_no_duplicate_effects,
     sc004_retry_recovery,
 )
-from scripts.proof.loadtest.traffic import Kind, SentRecord
+from scripts.traffic.events import Kind
+from scripts.traffic.observe import Drain, KeyState
 
 SPEC = Thresholds()
 DRAINED = Drain(drained=True, seconds=1.5, queue_left=0, non_terminal_left=0)

@@ -60,8 +60,8 @@ from rich.table import Table
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import WorkerMetrics
 from scripts.harness.services import EmbeddedMongo, RedisServer, ServiceError
-from scripts.proof.loadtest.traffic import plan_lifecycle
 from scripts.proof.probes import cpu_seconds
+from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
 from shared.logging import configure_logging
 from shared.queue import Enqueuer, open_queue_pool, serialize, worker_health_key

@@ -10,11 +10,12 @@ the courier gives up (``give_up_s`` after the first send). Only keys that
 finally got 202 or 200 count as accepted; the rest are reported, but they are
 not the gateway's responsibility.
 
-The events are shipment lifecycles (:data:`LIFECYCLES`) with ``occurred_at``
-rising along each lifecycle and its only terminal event last, so whatever
-order retries and workers apply them in, none is an ``invalid_transition``:
-every accepted event should end ``succeeded``. Lifecycles of many shipments
-are interleaved. A share of requests (``resend_ratio``) repeats an earlier,
+The events are the shared traffic generator's shipment lifecycles
+(:class:`scripts.traffic.events.ShipmentPlanner`) with ``occurred_at`` rising
+along each lifecycle and its only terminal event last, so whatever order
+retries and workers apply them in, none is an ``invalid_transition``: every
+accepted event should end ``succeeded``. Lifecycles of many shipments are
+interleaved. A share of requests (``resend_ratio``) repeats an earlier,
 already accepted request byte for byte (same body and ``webhook-id``): the
 gateway must answer 200 duplicate.
 """
@@ -28,101 +29,27 @@ import uuid
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Final, Literal
 
 import httpx
 import msgspec
 from msgspec import Struct
 
-from shared.contracts import EventType
+from scripts.traffic.events import ShipmentPlanner
 from shared.signing import signed_headers
 
 __all__ = [
-    "LIFECYCLES",
     "Answer",
     "ChaosDriver",
     "CourierRetry",
     "DriverResult",
-    "PlannedEvent",
     "Resend",
     "SentEvent",
-    "ShipmentPlanner",
 ]
-
-E = EventType
-LIFECYCLES: Final[tuple[tuple[EventType, ...], ...]] = (
-    (E.CREATED, E.PICKED_UP, E.IN_TRANSIT, E.OUT_FOR_DELIVERY, E.DELIVERED),
-    (E.CREATED, E.PICKED_UP, E.IN_TRANSIT, E.OUT_FOR_DELIVERY, E.DELIVERY_FAILED, E.RETURNED),
-    (E.CREATED, E.PICKED_UP, E.OUT_FOR_DELIVERY, E.DELIVERY_FAILED, E.OUT_FOR_DELIVERY),
-    (E.CREATED, E.CANCELLED),
-)
-"""Event-type sequences of one shipment; the only terminal type is the last, if any."""
 
 _RETRIED_STATUSES: Final = frozenset({408, 425, 429})
 Outcome = Literal["accepted", "duplicate", "rejected", "gave_up"]
-
-
-class PlannedEvent(Struct, frozen=True, kw_only=True):
-    """One event of a planned lifecycle and its exact body."""
-
-    event_id: str
-    event_type: EventType
-    occurred_at: datetime
-    shipment_id: str
-    order_id: str
-
-    def body(self) -> bytes:
-        """The JSON a courier POSTs (SPEC §3.1)."""
-        return msgspec.json.encode(
-            {
-                "event_id": self.event_id,
-                "event_type": self.event_type.value,
-                "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
-                "shipment": {
-                    "id": self.shipment_id,
-                    "order_id": self.order_id,
-                    "tracking_number": f"1Z{self.shipment_id[-8:]}",
-                },
-                "data": {"chaos": True},
-            }
-        )
-
-
-class ShipmentPlanner:
-    """Interleaves the lifecycles of ``parallel`` shipments, reproducibly from ``rng``."""
-
-    def __init__(self, rng: random.Random, run_id: str, *, parallel: int = 40) -> None:
-        self._rng = rng
-        self._run_id = run_id
-        self._serial = 0
-        self._base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-        self._active: list[list[PlannedEvent]] = [self._lifecycle() for _ in range(parallel)]
-
-    def next(self) -> PlannedEvent:
-        """The next event of a randomly chosen active shipment."""
-        slot = self._rng.randrange(len(self._active))
-        events = self._active[slot]
-        event = events.pop(0)
-        if not events:
-            self._active[slot] = self._lifecycle()
-        return event
-
-    def _lifecycle(self) -> list[PlannedEvent]:
-        self._serial += 1
-        types = self._rng.choice(LIFECYCLES)
-        shipment_id = f"shp_{self._run_id}_{self._serial:06d}"
-        start = self._base + timedelta(seconds=self._serial)
-        return [
-            PlannedEvent(
-                event_id=f"evt_{self._run_id}_{self._serial:06d}_{step}",
-                event_type=event_type,
-                occurred_at=start + timedelta(minutes=step),
-                shipment_id=shipment_id,
-                order_id=f"ord_{self._run_id}_{self._serial:06d}",
-            )
-            for step, event_type in enumerate(types)
-        ]
 
 
 class Answer(Struct, frozen=True, kw_only=True):

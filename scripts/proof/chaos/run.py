@@ -79,9 +79,9 @@ from scripts.proof.chaos.report import (
     render_markdown,
     timeline,
 )
+from scripts.traffic.observe import Observer
 from shared.queue import deserialize
 from shared.signing import generate_secret
-from shared.storage.errors import StorageError
 from shared.storage.mongo import (
     DEAD_LETTER_EVENTS,
     PROCESSED_EVENTS,
@@ -524,27 +524,14 @@ class _Run:
         when it has held for three checks in a row (the invariants then say
         which keys are not terminal).
         """
-        started = time.monotonic()
-        accepted = sum(1 for e in result.events if e.accepted)
-        collection = self.db[PROCESSED_EVENTS]
-        empty = 0
-        while True:
-            elapsed = time.monotonic() - started
-            if await self._depth() == 0:
-                empty += 1
-                try:
-                    done = await collection.count_documents(
-                        {"status": {"$in": ["succeeded", "dead_lettered"]}}
-                    )
-                except StorageError:
-                    done = 0
-                if done >= accepted or empty >= 3:
-                    return True, elapsed
-            else:
-                empty = 0
-            if elapsed > self.options.drain_timeout_s:
-                return False, elapsed
-            await asyncio.sleep(1.0)
+        observer = Observer(self.db, self.redis, QUEUE)
+        drain = await observer.drain(
+            [e.key for e in result.events if e.accepted],
+            timeout_s=self.options.drain_timeout_s,
+            settle_checks=3,
+            poll_s=1.0,
+        )
+        return drain.drained, drain.seconds
 
     async def _collect(
         self, result: DriverResult, faults: list[FaultRecord], drained: bool, drain_s: float

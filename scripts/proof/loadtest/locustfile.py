@@ -11,8 +11,8 @@ Every request is signed when it is sent (Standard Webhooks, or the source's
 ``hex`` scheme) with the source's first configured secret, read from
 ``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` — never from argv. What each
 user sends (lifecycles with mixed event types, resends, out-of-order pairs)
-is :class:`scripts.proof.loadtest.traffic.EventStream`. Configuration
-(``LOADTEST_*``, see :meth:`~scripts.proof.loadtest.traffic.LoadConfig.from_env`):
+is :class:`scripts.traffic.events.EventStream`. Configuration
+(``LOADTEST_*``, see :meth:`~scripts.proof.loadtest.records.LoadConfig.from_env`):
 
 * ``LOADTEST_RATE`` — target requests/s of all users together (default 40;
   0 = unpaced); each user sends ``rate / users`` requests/s on a fixed
@@ -41,7 +41,8 @@ from typing import Any
 from locust import FastHttpUser, events, task
 
 from scripts.commands.sign import sign_body
-from scripts.proof.loadtest.traffic import EventStream, LoadConfig, Recorder, SentRecord
+from scripts.proof.loadtest.records import LoadConfig, Recorder, SentRecord
+from scripts.traffic.events import EventStream
 
 CONFIG = LoadConfig.from_env(os.environ)
 _user_numbers = itertools.count(1)

@@ -1,7 +1,7 @@
 """The load test's verdicts (SPEC §6, SC-001..SC-004), as pure functions of what a run collected.
 
 ``gateway loadtest`` gathers the facts — Locust's statistics, one
-:class:`~scripts.proof.loadtest.traffic.SentRecord` per request, each accepted
+:class:`~scripts.proof.loadtest.records.SentRecord` per request, each accepted
 key's ``processed_events`` document, the mock downstream's deliveries and
 the touched shipments' histories — into :class:`Collected`; :func:`evaluate`
 turns them into one :class:`Criterion` per success criterion:
@@ -36,15 +36,14 @@ from typing import Any, Final
 import msgspec
 from msgspec import Struct
 
-from scripts.proof.loadtest.traffic import SentRecord
+from scripts.proof.loadtest.records import SentRecord
 from scripts.proof.probes import Profile
+from scripts.traffic.observe import Drain, KeyState
 
 __all__ = [
     "Collected",
     "Criterion",
     "DeliveryCounts",
-    "Drain",
-    "KeyState",
     "LatencySummary",
     "LoadWindow",
     "Profile",
@@ -91,28 +90,12 @@ class LatencySummary(Struct, frozen=True, kw_only=True):
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
 
-class KeyState(Struct, frozen=True, kw_only=True):
-    """An accepted key's ``processed_events`` document (``None`` status: no document)."""
-
-    status: str | None
-    attempts: int = 0
-
-
 class DeliveryCounts(Struct, frozen=True, kw_only=True):
     """Per idempotency key: deliveries received, answered 2xx, and met a transient failure."""
 
     total: dict[str, int]
     ok: dict[str, int]
     transient: dict[str, int]
-
-
-class Drain(Struct, frozen=True, kw_only=True):
-    """How waiting for the queue to empty went."""
-
-    drained: bool
-    seconds: float
-    queue_left: int
-    non_terminal_left: int
 
 
 class Collected(Struct, frozen=True, kw_only=True):

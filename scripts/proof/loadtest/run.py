@@ -27,6 +27,7 @@ Locust runs only in its own process: it monkey-patches with gevent on import.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -49,17 +50,18 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from rich.console import Console
 
 import scripts
 from scripts.devstack.stack import Stack, StackOptions
 from scripts.harness.services import ServiceError, free_port
+from scripts.proof.loadtest.records import SentRecord, read_records
 from scripts.proof.loadtest.report import (
     Collected,
     Criterion,
     DeliveryCounts,
-    Drain,
-    KeyState,
     LatencySummary,
     LoadWindow,
     Profile,
@@ -72,10 +74,10 @@ from scripts.proof.loadtest.report import (
     render_markdown,
     request_mix,
 )
-from scripts.proof.loadtest.traffic import SentRecord, read_records
 from scripts.proof.probes import CpuMeter, ProfileRecorder
+from scripts.traffic.observe import Drain, KeyState, Observer
 from shared.settings import Settings, SettingsError, load_settings, redact_url
-from shared.storage.mongo import PROCESSED_EVENTS, SHIPMENTS
+from shared.storage.mongo import open_mongo
 
 __all__ = [
     "STACK_ENV",
@@ -97,7 +99,6 @@ STACK_ENV: Final[dict[str, str]] = {
     "GATEWAY_MAX_ATTEMPTS": "6",
 }
 """Worker settings the load test's own stack runs with (reported in ``report.md``)."""
-_CHUNK: Final = 500
 
 
 class LoadTestError(Exception):
@@ -204,18 +205,16 @@ def run_loadtest(options: LoadTestOptions, console: Console | None = None) -> Re
     with _endpoints(options, settings, console) as endpoints:
         previous_rules = _inject_failures(endpoints, options, console)
         try:
-            with _Store(endpoints) as store:
-                latency, window, profiles = _run_locust(
-                    endpoints, options, records_dir, store, console
-                )
-                records = read_records(records_dir)
-                keys = accepted_keys(records)
-                console.log(
-                    f"Locust done: {latency.requests} requests, {len(keys)} keys accepted; "
-                    "draining…"
-                )
-                drain = _drain(store, keys, options.drain_timeout_s, console)
-                collected = _collect(store, endpoints, options, latency, records, drain)
+            latency, window, profiles = _run_locust(endpoints, options, records_dir, console)
+            records = read_records(records_dir)
+            keys = accepted_keys(records)
+            console.log(
+                f"Locust done: {latency.requests} requests, {len(keys)} keys accepted; draining…"
+            )
+            drain, states, histories = asyncio.run(
+                _drain_and_read(endpoints, keys, options.drain_timeout_s, console)
+            )
+            collected = _collect(endpoints, options, latency, records, drain, states, histories)
             worker_jobs = _worker_jobs(endpoints.worker_metrics_ports)
         finally:
             _restore_failures(endpoints, previous_rules)
@@ -383,7 +382,6 @@ def _run_locust(
     endpoints: _Endpoints,
     options: LoadTestOptions,
     records_dir: Path,
-    store: _Store,
     console: Console,
 ) -> tuple[LatencySummary, LoadWindow, list[Profile]]:
     """Run Locust to the end, sampling queue depth and per-process CPU meanwhile."""
@@ -423,7 +421,10 @@ def _run_locust(
     )
     log_path = output / "locust.log"
     depth: list[int] = []
-    with log_path.open("wb") as log:
+    with (
+        log_path.open("wb") as log,
+        redis.Redis.from_url(endpoints.redis_url, socket_timeout=10) as queue,
+    ):
         started = time.monotonic()
         children_before = _reaped_children_cpu_s()
         locust = subprocess.Popen(
@@ -438,7 +439,7 @@ def _run_locust(
                 if time.monotonic() > deadline:
                     raise LoadTestError(f"Locust did not finish in time (log: {log_path})")
                 with contextlib.suppress(redis.RedisError):
-                    depth.append(store.queue_depth())
+                    depth.append(int(queue.zcard(endpoints.queue_name)))
                 time.sleep(1)
         finally:
             if locust.poll() is None:
@@ -490,97 +491,28 @@ def _finish_profiler(recorder: ProfileRecorder | None, console: Console) -> list
     return profiles
 
 
-class _Store:
-    """Sync clients of the stack's Redis and MongoDB for the drain and the checks."""
-
-    def __init__(self, endpoints: _Endpoints) -> None:
-        self.endpoints = endpoints
-        self.redis = redis.Redis.from_url(endpoints.redis_url, socket_timeout=10)
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(
-            endpoints.mongo_url, serverSelectionTimeoutMS=10_000, tz_aware=True
-        )
-        self.db = self.mongo[endpoints.mongo_db]
-
-    def __enter__(self) -> _Store:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.redis.close()
-        self.mongo.close()
-
-    def queue_depth(self) -> int:
-        depth: Any = self.redis.zcard(self.endpoints.queue_name)
-        return int(depth)
-
-    def states(self, keys: Sequence[str]) -> dict[str, KeyState]:
-        found: dict[str, KeyState] = {}
-        for chunk in _chunks(keys):
-            cursor = self.db[PROCESSED_EVENTS].find(
-                {"_id": {"$in": chunk}}, {"status": True, "attempts": True}
-            )
-            for document in cursor:
-                found[str(document["_id"])] = KeyState(
-                    status=document.get("status"), attempts=int(document.get("attempts", 0))
-                )
-        return found
-
-    def terminal_count(self, keys: Sequence[str]) -> int:
-        return sum(
-            self.db[PROCESSED_EVENTS].count_documents(
-                {"_id": {"$in": chunk}, "status": {"$in": ["succeeded", "dead_lettered"]}}
-            )
-            for chunk in _chunks(keys)
-        )
-
-    def histories(self, shipments: Sequence[str]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for chunk in _chunks(shipments):
-            for document in self.db[SHIPMENTS].find({"_id": {"$in": chunk}}, {"history": True}):
-                found[str(document["_id"])] = [
-                    str(entry.get("event_id")) for entry in document.get("history", [])
-                ]
-        return found
-
-
-def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield list(items[start : start + _CHUNK])
-
-
-def _drain(store: _Store, keys: dict[str, str], timeout_s: float, console: Console) -> Drain:
-    """Wait until the queue is empty and every accepted key is terminal, at most ``timeout_s``."""
-    started = time.monotonic()
-    deadline = started + timeout_s
-    wanted = sorted(keys)
-    depth = store.queue_depth()
-    non_terminal = len(wanted)
-    last_mongo_check = 0.0
-    last_progress = started
+async def _drain_and_read(
+    endpoints: _Endpoints, keys: dict[str, str], timeout_s: float, console: Console
+) -> tuple[Drain, dict[str, KeyState], dict[str, list[str]]]:
+    """Wait for the drain (:class:`~scripts.traffic.observe.Observer`), then read the outcome."""
+    mongo = open_mongo(endpoints.mongo_url, timeout_s=10)
+    client = Redis.from_url(endpoints.redis_url, socket_timeout=10)
+    observer = Observer(mongo[endpoints.mongo_db], client, endpoints.queue_name)
     try:
-        while True:
-            now = time.monotonic()
-            depth = store.queue_depth()
-            if depth == 0 or now - last_mongo_check > 5:
-                non_terminal = len(wanted) - store.terminal_count(wanted)
-                last_mongo_check = now
-                if depth == 0 and non_terminal == 0:
-                    break
-            if now >= deadline:
-                break
-            if now - last_progress > 10:
-                console.log(f"draining: {depth} jobs queued, {non_terminal} keys not terminal")
-                last_progress = now
-            time.sleep(0.5 if depth else 0.25)
-    except (redis.RedisError, PyMongoError) as exc:
-        raise LoadTestError(f"cannot watch the drain: {exc}") from exc
-    seconds = round(time.monotonic() - started, 1)
-    drained = depth == 0 and non_terminal == 0
-    console.log(
-        f"drained in {seconds} s"
-        if drained
-        else f"NOT drained after {seconds} s: {depth} jobs left"
-    )
-    return Drain(drained=drained, seconds=seconds, queue_left=depth, non_terminal_left=non_terminal)
+        drain = await observer.drain(keys, timeout_s=timeout_s, progress=console.log)
+        console.log(
+            f"drained in {drain.seconds} s"
+            if drain.drained
+            else f"NOT drained after {drain.seconds} s: {drain.queue_left} jobs left"
+        )
+        states = await observer.states(sorted(keys))
+        histories = await observer.histories(sorted(set(keys.values())))
+    except (RedisError, PyMongoError) as exc:
+        raise LoadTestError(f"cannot read the outcome from Redis or MongoDB: {exc}") from exc
+    finally:
+        await client.aclose()
+        await mongo.close()
+    return drain, states, histories
 
 
 class _MockDelivery(msgspec.Struct):
@@ -604,19 +536,14 @@ def _deliveries(mock_url: str) -> DeliveryCounts:
 
 
 def _collect(
-    store: _Store,
     endpoints: _Endpoints,
     options: LoadTestOptions,
     latency: LatencySummary,
     records: list[SentRecord],
     drain: Drain,
+    states: dict[str, KeyState],
+    histories: dict[str, list[str]],
 ) -> Collected:
-    keys = accepted_keys(records)
-    try:
-        states = store.states(sorted(keys))
-        histories = store.histories(sorted(set(keys.values())))
-    except PyMongoError as exc:
-        raise LoadTestError(f"cannot read the outcome from MongoDB: {exc}") from exc
     deliveries = _deliveries(endpoints.mock_url) if endpoints.mock_url else None
     return Collected(
         latency=latency,

@@ -1,4 +1,8 @@
-"""What the load test's simulated couriers send, and how each request is recorded.
+"""What simulated couriers send: shipment lifecycles as signed-ready event bodies.
+
+The one traffic generator of the proof tooling and the demo: ``gateway
+loadtest`` (:class:`EventStream`, one per Locust user), ``gateway chaos``
+(:class:`ShipmentPlanner`), ``gateway bench-worker`` (:func:`plan_lifecycle`).
 
 Each simulated courier works through shipment lifecycles (created → … →
 delivered / returned / cancelled) with ``occurred_at`` increasing along the
@@ -14,40 +18,29 @@ whatever order the workers apply them in. On top of that:
   consecutive events of a lifecycle are sent newer first; the older one must
   still be recorded in the shipment's history without changing its status.
 
-The locustfile reads its configuration from ``LOADTEST_*`` variables
-(:meth:`LoadConfig.from_env`) and writes one :class:`SentRecord` per request
-to a JSON-lines file per process (:class:`Recorder`), so ``gateway loadtest``
-checks SC-002/SC-003 against exactly the keys that were acknowledged.
-Nothing here imports Locust.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import IO, Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import msgspec
 from msgspec import Struct
 
 from shared.contracts import EventType
-from shared.settings import SettingsError, SourceConfig, load_settings
 
 __all__ = [
     "LIFECYCLES",
     "EventStream",
-    "LoadConfig",
     "Outgoing",
     "PlannedEvent",
-    "Recorder",
-    "SentRecord",
+    "ShipmentPlanner",
     "plan_lifecycle",
-    "read_records",
     "send_order",
 ]
 
@@ -81,7 +74,6 @@ LIFECYCLES: Final[tuple[tuple[tuple[EventType, ...], int], ...]] = (
 )
 """Event-type sequences of one shipment, with their relative weights."""
 
-RECORD_PREFIX: Final = "requests-"
 Kind = Literal["new", "resend", "out_of_order"]
 
 
@@ -231,120 +223,30 @@ class EventStream:
         return outgoing
 
 
-class LoadConfig(Struct, frozen=True, kw_only=True):
-    """What the locustfile needs, from ``LOADTEST_*`` and the gateway's source variables.
+class ShipmentPlanner:
+    """Interleaves the lifecycles of ``parallel`` shipments, reproducibly from ``rng``.
 
-    ``rate_per_s`` is the target request rate of *all* users together
-    (0: every user sends as fast as it gets answers).
+    Each shipment's events come in ``occurred_at`` order; which shipment sends
+    next is random, so many lifecycles are in flight at once.
     """
 
-    source: str
-    source_config: SourceConfig
-    duplicate_ratio: float = 0.1
-    out_of_order_ratio: float = 0.1
-    rate_per_s: float = 40.0
-    record_dir: Path | None = None
-    run_id: str = ""
-    seed: int | None = None
+    def __init__(self, rng: random.Random, run_id: str, *, parallel: int = 40) -> None:
+        self._rng = rng
+        self._run_id = run_id
+        self._serial = 0
+        self._base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        self._active: list[list[PlannedEvent]] = [self._lifecycle() for _ in range(parallel)]
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Self:
-        """Read the configuration; :class:`ValueError` names the variable that is wrong.
+    def next(self) -> PlannedEvent:
+        """The next event of a randomly chosen active shipment."""
+        slot = self._rng.randrange(len(self._active))
+        events = self._active[slot]
+        event = events.pop(0)
+        if not events:
+            self._active[slot] = self._lifecycle()
+        return event
 
-        ``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` give the source's secret
-        (never argv); ``LOADTEST_SOURCE`` picks the source (default: the first
-        configured one).
-        """
-        names = ("GATEWAY_SOURCES", "GATEWAY_SOURCES_FILE")
-        try:
-            sources = load_settings({k: environ[k] for k in names if k in environ}).sources
-        except SettingsError as exc:
-            raise ValueError(str(exc)) from exc
-        if not sources:
-            raise ValueError("GATEWAY_SOURCES_FILE: no source configured to sign for")
-        source = environ.get("LOADTEST_SOURCE") or next(iter(sources))
-        if source not in sources:
-            raise ValueError(f"LOADTEST_SOURCE: {source!r} is not a configured source")
-        record_dir = environ.get("LOADTEST_RECORD_DIR")
-        seed = environ.get("LOADTEST_SEED")
-        return cls(
-            source=source,
-            source_config=sources[source],
-            duplicate_ratio=_ratio(environ, "LOADTEST_DUPLICATE_RATIO", 0.1),
-            out_of_order_ratio=_ratio(environ, "LOADTEST_OUT_OF_ORDER_RATIO", 0.1),
-            rate_per_s=_number(environ, "LOADTEST_RATE", 40.0),
-            record_dir=Path(record_dir) if record_dir else None,
-            run_id=environ.get("LOADTEST_RUN_ID") or uuid.uuid4().hex[:6],
-            seed=int(seed) if seed else None,
-        )
-
-
-def _number(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: expected a number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name}: must not be negative, got {raw!r}")
-    return value
-
-
-def _ratio(environ: Mapping[str, str], name: str, default: float) -> float:
-    value = _number(environ, name, default)
-    if value > 1:
-        raise ValueError(f"{name}: must be between 0 and 1, got {value:g}")
-    return value
-
-
-class SentRecord(Struct, frozen=True, kw_only=True):
-    """One request as the load generator saw it.
-
-    ``key`` is the idempotency key, ``shipment`` the ``active_shipments``
-    ``_id`` (both ``{source}:{id}``); ``status`` 0 means no HTTP answer;
-    ``ms`` is the latency Locust measured.
-    """
-
-    key: str
-    shipment: str
-    status: int
-    kind: Kind
-    ms: float
-
-
-_record_encoder = msgspec.json.Encoder()
-_record_decoder = msgspec.json.Decoder(SentRecord)
-
-
-class Recorder:
-    """Appends :class:`SentRecord` lines to ``requests-<pid>.jsonl`` in ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{RECORD_PREFIX}{os.getpid()}.jsonl"
-        self._file: IO[bytes] | None = self.path.open("ab")
-
-    def write(self, record: SentRecord) -> None:
-        if self._file is not None:
-            self._file.write(_record_encoder.encode(record) + b"\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def read_records(directory: Path) -> list[SentRecord]:
-    """Every record the load generator's processes wrote to ``directory``."""
-    records: list[SentRecord] = []
-    for path in sorted(directory.glob(f"{RECORD_PREFIX}*.jsonl")):
-        records.extend(_decode_lines(path.read_bytes().splitlines()))
-    return records
-
-
-def _decode_lines(lines: Iterable[bytes]) -> Iterable[SentRecord]:
-    for line in lines:
-        if line.strip():
-            yield _record_decoder.decode(line)
+    def _lifecycle(self) -> list[PlannedEvent]:
+        self._serial += 1
+        start = self._base + timedelta(seconds=self._serial)
+        return plan_lifecycle(self._rng, self._run_id, self._serial, start)
