@@ -60,6 +60,7 @@ from rich.table import Table
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import WorkerMetrics
 from scripts.harness.services import EmbeddedMongo, RedisServer, ServiceError
+from scripts.proof.markdown import table
 from scripts.proof.probes import cpu_seconds
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
@@ -509,18 +510,23 @@ def render_markdown(report: BenchWorkerReport) -> str:
         f"poll delay {report.poll_delay_s:g} s, no downstream; "
         f"machine: {report.machine.get('cpus')} CPUs, Python {report.machine.get('python')}",
         "",
-        "| worker processes | drain s | events/s | events/s per process "
-        "| worker CPU ms/event | workers' CPU % | store CPU ms/event | store CPU % | redis CPU % |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    headers = (
+        "worker processes", "drain s", "events/s", "events/s per process",
+        "worker CPU ms/event", "workers' CPU %", "store CPU ms/event", "store CPU %",
+        "redis CPU %",
+    )  # fmt: skip
+    rows = []
     for r in report.rounds:
         store_ms = "n/a" if r.store_cpu_ms_per_event is None else f"{r.store_cpu_ms_per_event:g}"
         store_pct = "n/a" if r.store_cpu_pct is None else f"{r.store_cpu_pct:g}"
-        lines.append(
-            f"| {r.workers} | {r.drain_s:g} | {r.events_per_s:g} | {r.events_per_s_per_worker:g} "
-            f"| {r.worker_cpu_ms_per_event:g} | {r.worker_cpu_pct:g} | {store_ms} | {store_pct} "
-            f"| {r.redis_cpu_pct:g} |"
-        )
+        measured = (r.drain_s, r.events_per_s, r.events_per_s_per_worker)
+        cpu = (r.worker_cpu_ms_per_event, r.worker_cpu_pct)
+        rows.append(
+            (r.workers, *(f"{v:g}" for v in (*measured, *cpu)), store_ms, store_pct,
+             f"{r.redis_cpu_pct:g}")
+        )  # fmt: skip
+    lines += table(headers, rows)
     lines += [
         "",
         "CPU % is of one core (100 = one core busy for the whole drain).",

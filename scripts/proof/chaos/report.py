@@ -50,6 +50,7 @@ import msgspec
 from msgspec import Struct
 
 from scripts.proof.chaos.driver import DriverResult, SentEvent
+from scripts.proof.markdown import table
 
 __all__ = [
     "Collected",
@@ -633,12 +634,10 @@ def render_markdown(report: Report) -> str:
         "",
         "## Configuration",
         "",
-        "| setting | value |",
-        "|---|---|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in report.config.items() if k != "load_started_at"]
-    lines += ["", "| environment | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in report.environment.items()]
+    config = [(k, v) for k, v in report.config.items() if k != "load_started_at"]
+    lines += table(("setting", "value"), config)
+    lines += ["", *table(("environment", "value"), report.environment.items())]
     load = report.load
     lines += [
         "",
@@ -657,9 +656,8 @@ def render_markdown(report: Report) -> str:
         "",
         "Times are relative to the start of the load.",
         "",
-        "| # | fault | target | start | end | details | recovery |",
-        "|---|---|---|---|---|---|---|",
     ]
+    faults = []
     for number, fault in enumerate(report.faults, 1):
         details = "; ".join(
             f"{k}={_short(v)}" for k, v in fault.details.items() if k != "in_flight"
@@ -667,20 +665,14 @@ def render_markdown(report: Report) -> str:
         recovery = "; ".join(
             f"{k}={'—' if v is None else f'{v:g} s'}" for k, v in fault.recovery.items()
         )
-        lines.append(
-            f"| {number} | {fault.kind.value} | {fault.target} | "
-            f"{_fmt_time(fault.started_at, origin)} | {_fmt_time(fault.ended_at, origin)} | "
-            f"{details} | {recovery} |"
-        )
-    lines += [
-        "",
-        "## Invariants",
-        "",
-        "| invariant | result | |",
-        "|---|---|---|",
-    ]
-    for inv in report.invariants:
-        lines.append(f"| {inv.name} | {'PASS' if inv.passed else 'FAIL'} | {inv.summary} |")
+        start, end = _fmt_time(fault.started_at, origin), _fmt_time(fault.ended_at, origin)
+        faults.append((number, fault.kind.value, fault.target, start, end, details, recovery))
+    lines += table(("#", "fault", "target", "start", "end", "details", "recovery"), faults)
+    lines += ["", "## Invariants", ""]
+    lines += table(
+        ("invariant", "result", ""),
+        ((inv.name, "PASS" if inv.passed else "FAIL", inv.summary) for inv in report.invariants),
+    )
     failing = [inv for inv in report.invariants if not inv.passed]
     for inv in failing:
         lines += ["", f"### {inv.name}: {inv.violations} violations", ""]
@@ -698,15 +690,21 @@ def render_markdown(report: Report) -> str:
         "",
         "## Timeline",
         "",
-        "| t (s) | sent | acked | 503 answers | max queue depth | faults |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in report.timeline:
-        depth = "—" if row["queue_depth_max"] is None else row["queue_depth_max"]
-        lines.append(
-            f"| {row['t_s']} | {row['sent']} | {row['acked']} | {row['answers_503']} | "
-            f"{depth} | {', '.join(row['faults'])} |"
-        )
+    lines += table(
+        ("t (s)", "sent", "acked", "503 answers", "max queue depth", "faults"),
+        (
+            (
+                row["t_s"],
+                row["sent"],
+                row["acked"],
+                row["answers_503"],
+                "—" if row["queue_depth_max"] is None else row["queue_depth_max"],
+                ", ".join(row["faults"]),
+            )
+            for row in report.timeline
+        ),
+    )
     return "\n".join(lines) + "\n"
 
 

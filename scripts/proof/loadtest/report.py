@@ -37,6 +37,7 @@ import msgspec
 from msgspec import Struct
 
 from scripts.proof.loadtest.records import SentRecord
+from scripts.proof.markdown import table
 from scripts.proof.probes import Profile
 from scripts.traffic.observe import Drain, KeyState
 
@@ -488,14 +489,14 @@ def render_markdown(report: Report) -> str:
         f"- target: {run.get('target', '?')}",
         f"- store: {run.get('store', '?')}",
         "",
-        "| criterion | target | measured | verdict |",
-        "|---|---|---|---|",
     ]
-    for criterion in report.criteria:
-        lines.append(
-            f"| {criterion.id} {criterion.title} | {criterion.target} | {criterion.measured} "
-            f"| {'PASS' if criterion.passed else '**MISS**'} |"
-        )
+    lines += table(
+        ("criterion", "target", "measured", "verdict"),
+        (
+            (f"{c.id} {c.title}", c.target, c.measured, "PASS" if c.passed else "**MISS**")
+            for c in report.criteria
+        ),
+    )
     latency = report.latency
     lines += [
         "",
@@ -510,21 +511,21 @@ def render_markdown(report: Report) -> str:
         f"{report.requests.get('accepted_unique')} unique keys accepted, "
         f"{report.requests.get('shipments')} shipments",
         "",
-        "| kind | answers |",
-        "|---|---|",
     ]
-    for kind, statuses in report.requests.get("by_kind", {}).items():
-        answers = ", ".join(f"{status}: {n}" for status, n in statuses.items())
-        lines.append(f"| {kind} | {answers} |")
+    lines += table(
+        ("kind", "answers"),
+        (
+            (kind, ", ".join(f"{status}: {n}" for status, n in statuses.items()))
+            for kind, statuses in report.requests.get("by_kind", {}).items()
+        ),
+    )
+    lines += ["", "Ack latency (Locust, client side, all requests):", ""]
+    times = (latency.mean_ms, latency.p50_ms, latency.p95_ms, latency.p99_ms, latency.max_ms)
+    lines += table(
+        ("requests", "failures", "mean", "p50", "p95", "p99", "max"),
+        [(latency.requests, latency.failures, *(f"{ms:g} ms" for ms in times))],
+    )
     lines += [
-        "",
-        "Ack latency (Locust, client side, all requests):",
-        "",
-        "| requests | failures | mean | p50 | p95 | p99 | max |",
-        "|---|---|---|---|---|---|---|",
-        f"| {latency.requests} | {latency.failures} | {latency.mean_ms:g} ms | "
-        f"{latency.p50_ms:g} ms | {latency.p95_ms:g} ms | {latency.p99_ms:g} ms | "
-        f"{latency.max_ms:g} ms |",
         "",
         "## Drain",
         "",
@@ -563,19 +564,19 @@ def _render_window(window: LoadWindow, requests: int) -> list[str]:
         f"CPU time of each process over the {window.seconds:g} s Locust ran "
         "(100 % = one core; the machine's cores are shared by all of them):",
         "",
-        "| process | CPU s | % of one core | CPU ms per request |",
-        "|---|---|---|---|",
     ]
+    rows: list[tuple[str, str, str, str]] = []
     for name, cpu_s in sorted(window.cpu_s.items(), key=lambda item: -item[1]):
         share = 100 * cpu_s / window.seconds if window.seconds else 0.0
         per_request = 1000 * cpu_s / requests if requests else 0.0
-        lines.append(f"| {name} | {cpu_s:g} | {share:.0f} | {per_request:.2f} |")
+        rows.append((name, f"{cpu_s:g}", f"{share:.0f}", f"{per_request:.2f}"))
     total = sum(window.cpu_s.values())
     if window.seconds:
-        lines.append(
-            f"| **all** | {total:.1f} | {100 * total / window.seconds:.0f} | "
-            f"{1000 * total / requests if requests else 0:.2f} |"
+        share = f"{100 * total / window.seconds:.0f}"
+        rows.append(
+            ("**all**", f"{total:.1f}", share, f"{1000 * total / requests if requests else 0:.2f}")
         )
+    lines += table(("process", "CPU s", "% of one core", "CPU ms per request"), rows)
     lines += [
         "",
         "Queue depth (jobs queued or deferred, sampled each second): "
@@ -593,9 +594,8 @@ def _render_profiles(profiles: Sequence[Profile]) -> list[str]:
             "",
             f"Self time by package: {packages}.",
             "",
-            "| self % | frame |",
-            "|---|---|",
         ]
-        lines += [f"| {share:g} | `{frame}` |" for frame, share in profile.self_time[:10]]
+        frames = ((f"{share:g}", f"`{frame}`") for frame, share in profile.self_time[:10])
+        lines += table(("self %", "frame"), frames)
         lines += ["", f"Raw stacks: `{profile.samples_file}`", ""]
     return lines
