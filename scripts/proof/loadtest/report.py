@@ -572,10 +572,9 @@ def _render_window(window: LoadWindow, requests: int) -> list[str]:
         rows.append((name, f"{cpu_s:g}", f"{share:.0f}", f"{per_request:.2f}"))
     total = sum(window.cpu_s.values())
     if window.seconds:
-        share = f"{100 * total / window.seconds:.0f}"
-        rows.append(
-            ("**all**", f"{total:.1f}", share, f"{1000 * total / requests if requests else 0:.2f}")
-        )
+        total_share = 100 * total / window.seconds
+        total_per_request = 1000 * total / requests if requests else 0.0
+        rows.append(("**all**", f"{total:.1f}", f"{total_share:.0f}", f"{total_per_request:.2f}"))
     lines += table(("process", "CPU s", "% of one core", "CPU ms per request"), rows)
     lines += [
         "",
