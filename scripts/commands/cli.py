@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "scripts.devstack.demo:demo_command",
     "loadtest": "scripts.proof.loadtest.run:loadtest_command",
     "bench-worker": "scripts.proof.bench.worker:bench_worker_command",
-    "chaos": "scripts.proof.chaos.run:chaos_command",
+    "chaos": "scripts.proof.chaos.command:chaos_command",
 }
 
 

@@ -25,6 +25,8 @@ from scripts.proof.chaos.driver import (
     Resend,
     SentEvent,
 )
+from scripts.proof.chaos.invariants import check_invariants, compute_recovery
+from scripts.proof.chaos.plan import ChaosOptions, plan_faults
 from scripts.proof.chaos.report import (
     Collected,
     DeadLetterDoc,
@@ -35,11 +37,8 @@ from scripts.proof.chaos.report import (
     ProcessedDoc,
     QueueState,
     ShipmentDoc,
-    check_invariants,
-    compute_recovery,
     render_markdown,
 )
-from scripts.proof.chaos.run import ChaosOptions, plan_faults
 from scripts.traffic.events import ShipmentPlanner
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from tests.scripts.commands import run_gateway
@@ -326,7 +325,7 @@ def test_an_outage_window_alone_does_not_explain_a_second_delivery() -> None:
 
 
 def test_failed_and_cancelled_runs_are_read_from_the_workers_json_logs(tmp_path: Path) -> None:
-    from scripts.proof.chaos.run import job_failures
+    from scripts.proof.chaos.collect import job_failures
 
     log = tmp_path / "worker-1.log"
     lines = [

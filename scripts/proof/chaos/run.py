@@ -34,192 +34,59 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import platform
-import random
 import shlex
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import click
 import msgspec
-from msgspec import Struct
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from scripts.devstack.stack import Stack, StackOptions
 from scripts.harness.mock_downstream import Delivery, MockDownstreamClient
-from scripts.harness.services import ServiceError, free_port, wait_for_port
+from scripts.harness.services import free_port, wait_for_port
 from scripts.harness.tcp_proxy import OutageMode
+from scripts.proof.chaos.collect import Collector, job_failures
 from scripts.proof.chaos.driver import ChaosDriver, CourierRetry, DriverResult
+from scripts.proof.chaos.invariants import check_invariants, compute_recovery
+from scripts.proof.chaos.plan import (
+    QUEUE,
+    RESTART_DELAY_S,
+    SHUTDOWN_GRACE_S,
+    SOURCE,
+    ChaosOptions,
+    PlannedFault,
+    plan_faults,
+)
 from scripts.proof.chaos.report import (
     Collected,
-    DeadLetterDoc,
-    DeliveryRecord,
     FaultKind,
     FaultRecord,
-    ProcessedDoc,
-    QueueState,
     Report,
-    ShipmentDoc,
-    check_invariants,
-    compute_recovery,
     iso,
     load_summary,
     render_markdown,
     timeline,
 )
 from scripts.traffic.observe import Observer
-from shared.queue import deserialize
 from shared.signing import generate_secret
 from shared.storage.mongo import (
-    DEAD_LETTER_EVENTS,
     PROCESSED_EVENTS,
-    SHIPMENTS,
     Document,
     open_mongo,
 )
 
-__all__ = ["CHAOS_ENV", "ChaosOptions", "PlannedFault", "chaos_command", "plan_faults", "run_chaos"]
-
-SOURCE: Final = "chaos"
-QUEUE: Final = "gateway:events"
-CHAOS_ENV: Final[dict[str, str]] = {
-    "GATEWAY_JOB_TIMEOUT_S": "5",
-    "GATEWAY_LEASE_S": "8",
-    "GATEWAY_MAX_ATTEMPTS": "12",
-    "GATEWAY_BACKOFF_BASE_S": "1",
-    "GATEWAY_BACKOFF_MULTIPLIER": "2",
-    "GATEWAY_BACKOFF_CAP_S": "20",
-    "GATEWAY_MONGO_TIMEOUT_S": "1",
-    "GATEWAY_DOWNSTREAM_TIMEOUT_S": "2",
-    "GATEWAY_WORKER_HEALTH_INTERVAL_S": "2",
-    "GATEWAY_LOG_LEVEL": "INFO",
-    "GATEWAY_LOG_FORMAT": "json",
-}
-"""Gateway settings of the chaos run (module docstring)."""
-SHUTDOWN_GRACE_S: Final = 3.0
-RESTART_DELAY_S: Final = 1.0
-"""How long the harness, as a supervisor, waits before restarting a dead worker."""
-FAULT_GAP_S: Final = 5.0
-"""Least time between the end of one fault and the start of the next."""
-
-
-@dataclass(frozen=True)
-class ChaosOptions:
-    """What ``gateway chaos`` runs (its options, one for one)."""
-
-    duration_s: float = 180.0
-    rate: float = 25.0
-    workers: int = 2
-    seed: int = 1
-    output: Path = Path("reports/chaos")
-    outage_s: float = 30.0
-    redis_down_s: float = 3.0
-    drain_timeout_s: float = 300.0
-    mongo_outage_mode: OutageMode = OutageMode.DROP
-    redis_crash: bool = False
-    mongo_url: str | None = None
-    mongo_db: str = field(default_factory=lambda: f"chaos_{uuid.uuid4().hex[:8]}")
-    port: int | None = None
-    downstream_latency_ms: float = 100.0
-    give_up_s: float = 120.0
-    gateway_env: dict[str, str] = field(default_factory=dict)
-    """``GATEWAY_*`` settings overriding :data:`CHAOS_ENV` (``--set``)."""
-
-    @property
-    def settings_env(self) -> dict[str, str]:
-        """The gateway settings of the run: :data:`CHAOS_ENV` with ``--set`` applied."""
-        return {**CHAOS_ENV, **self.gateway_env}
-
-    @property
-    def job_timeout_s(self) -> float:
-        return float(self.settings_env["GATEWAY_JOB_TIMEOUT_S"])
-
-
-class PlannedFault(Struct, frozen=True, kw_only=True):
-    """A fault of the schedule: what, when (seconds into the load), for how long, on what."""
-
-    kind: FaultKind
-    at_s: float
-    duration_s: float
-    target: int | None = None
-
-
-def _fault_duration(kind: FaultKind, options: ChaosOptions) -> float:
-    return {
-        FaultKind.WORKER_KILL: RESTART_DELAY_S,
-        FaultKind.WORKER_TERM: SHUTDOWN_GRACE_S + RESTART_DELAY_S,
-        FaultKind.REDIS_RESTART: options.redis_down_s,
-        FaultKind.REDIS_CRASH: options.redis_down_s,
-        FaultKind.MONGO_OUTAGE: options.outage_s,
-        FaultKind.DOWNSTREAM_OUTAGE: options.outage_s,
-    }[kind]
-
-
-def _settle_s(kind: FaultKind, options: ChaosOptions) -> float:
-    """Time left after a fault before the next one, so its recovery can be seen on its own."""
-    if kind in (FaultKind.MONGO_OUTAGE, FaultKind.DOWNSTREAM_OUTAGE):
-        # The backlog of an outage takes about as long to clear as it took to build.
-        return max(FAULT_GAP_S, options.outage_s)
-    return FAULT_GAP_S
-
-
-def plan_faults(options: ChaosOptions) -> list[PlannedFault]:
-    """The run's fault schedule: every kind once, in a fixed order, never overlapping.
-
-    After a warm-up, each fault is followed by a settling time
-    (:data:`FAULT_GAP_S`, or the outage's length after an outage) before the
-    next one may start; the time left over is shared equally, and each fault
-    starts at a ``--seed``-chosen point of its share. Raises ``ValueError``
-    when ``duration_s`` cannot hold the schedule.
-    """
-    rng = random.Random(options.seed)
-    kinds = [
-        FaultKind.WORKER_KILL,
-        FaultKind.REDIS_RESTART,
-        FaultKind.WORKER_TERM,
-        FaultKind.MONGO_OUTAGE,
-        FaultKind.DOWNSTREAM_OUTAGE,
-    ]
-    if options.redis_crash:
-        kinds.append(FaultKind.REDIS_CRASH)
-    warmup = min(10.0, 0.1 * options.duration_s)
-    durations = [_fault_duration(kind, options) for kind in kinds]
-    settles = [_settle_s(kind, options) for kind in kinds]
-    needed = warmup + sum(durations) + sum(settles)
-    if needed > options.duration_s:
-        raise ValueError(
-            f"a {options.duration_s:g} s run cannot hold the fault schedule: "
-            f"it needs at least {math.ceil(needed)} s (shorten --outage or --redis-down)"
-        )
-    share = (options.duration_s - needed) / len(kinds)
-    killed = rng.randrange(options.workers)
-    targets = {
-        FaultKind.WORKER_KILL: killed,
-        FaultKind.WORKER_TERM: (killed + 1) % options.workers,
-    }
-    planned: list[PlannedFault] = []
-    t = warmup
-    for kind, duration, settle in zip(kinds, durations, settles, strict=True):
-        start = t + rng.uniform(0.2, 0.8) * share
-        planned.append(
-            PlannedFault(
-                kind=kind, at_s=round(start, 1), duration_s=duration, target=targets.get(kind)
-            )
-        )
-        t += share + duration + settle
-    return planned
+__all__ = ["run_chaos"]
 
 
 class _Run:
@@ -536,111 +403,21 @@ class _Run:
     async def _collect(
         self, result: DriverResult, faults: list[FaultRecord], drained: bool, drain_s: float
     ) -> Collected:
+        collector = Collector(self.db, self.redis, self.mock, self.snapshots)
         return Collected(
             driver=result,
             faults=faults,
-            processed=await self._processed(),
-            shipments=await self._shipments(),
-            dead_letters=await self._dead_letters(),
-            deliveries=await self._deliveries(),
-            queue=await self._queue_state(),
+            processed=await collector.processed(),
+            shipments=await collector.shipments(),
+            dead_letters=await collector.dead_letters(),
+            deliveries=await collector.deliveries(),
+            queue=await collector.queue_state(),
             drained=drained,
             drain_s=drain_s,
             samples=self.samples,
             unexpected_exits=self.unexpected_exits,
             job_timeout_s=self.options.job_timeout_s,
         )
-
-    async def _processed(self) -> dict[str, ProcessedDoc]:
-        found: dict[str, ProcessedDoc] = {}
-        projection = {"status": 1, "attempts": 1, "completed_at": 1, "attempt_log": 1}
-        async for doc in self.db[PROCESSED_EVENTS].find({}, projection):
-            completed = doc.get("completed_at")
-            found[str(doc["_id"])] = ProcessedDoc(
-                status=str(doc.get("status")),
-                attempts=int(doc.get("attempts", 0)),
-                completed_at=completed.timestamp() if isinstance(completed, datetime) else None,
-                attempt_log=tuple(
-                    (entry["at"].timestamp(), str(entry["code"]))
-                    for entry in doc.get("attempt_log", ())
-                ),
-            )
-        return found
-
-    async def _shipments(self) -> dict[str, ShipmentDoc]:
-        found: dict[str, ShipmentDoc] = {}
-        projection = {"shipment_id": 1, "status": 1, "last_event_id": 1, "history": 1}
-        async for doc in self.db[SHIPMENTS].find({}, projection):
-            found[str(doc["shipment_id"])] = ShipmentDoc(
-                status=str(doc["status"]),
-                last_event_id=str(doc["last_event_id"]),
-                history=tuple(
-                    (str(h["event_id"]), str(h["status"]), h["occurred_at"].timestamp())
-                    for h in doc.get("history", ())
-                ),
-            )
-        return found
-
-    async def _dead_letters(self) -> dict[str, DeadLetterDoc]:
-        found: dict[str, DeadLetterDoc] = {}
-        async for doc in self.db[DEAD_LETTER_EVENTS].find({}):
-            found[str(doc["idempotency_key"])] = DeadLetterDoc(
-                reason=str(doc["reason"]),
-                code=str(doc["error"]["code"]),
-                attempts=tuple(
-                    (a["at"].timestamp(), str(a["code"])) for a in doc.get("attempts", ())
-                ),
-            )
-        return found
-
-    async def _deliveries(self) -> list[DeliveryRecord]:
-        final = (await self.mock.deliveries()).deliveries
-        return [
-            DeliveryRecord(key=d.webhook_id or "", status=d.status, received_at=d.received_at)
-            for batch in [*self.snapshots, final]
-            for d in batch
-        ]
-
-    async def _queue_state(self) -> QueueState:
-        depth = int(await self.redis.zcard(QUEUE))
-        jobs = [k async for k in self.redis.scan_iter(match="arq:job:*", count=1000)]
-        in_progress = [k async for k in self.redis.scan_iter(match="arq:in-progress:*", count=1000)]
-        failures: dict[str, str] = {}
-        results = [k async for k in self.redis.scan_iter(match="arq:result:*", count=1000)]
-        for start in range(0, len(results), 500):
-            chunk = results[start : start + 500]
-            for key, raw in zip(chunk, await self.redis.mget(chunk), strict=True):
-                if raw is None:
-                    continue
-                stored = deserialize(raw)
-                if not stored.get("s", True):
-                    name = key.decode().removeprefix("arq:result:")
-                    failures[name] = str(stored.get("r"))[:200]
-        return QueueState(
-            depth=depth, jobs_left=len(jobs), in_progress=len(in_progress), arq_failures=failures
-        )
-
-
-_FAILURE_EVENTS: Final = frozenset({"job.retrying", "job.cancelled", "job.lease_lost"})
-
-
-def job_failures(logs: list[Path]) -> dict[str, list[tuple[float, str]]]:
-    """key → (time, code) of every failed or cancelled run in the workers' JSON logs."""
-    found: dict[str, list[tuple[float, str]]] = {}
-    for path in logs:
-        for line in path.read_bytes().splitlines():
-            try:
-                entry = msgspec.json.decode(line)
-            except msgspec.DecodeError:
-                continue
-            if not isinstance(entry, dict) or entry.get("event") not in _FAILURE_EVENTS:
-                continue
-            key, stamp = entry.get("idempotency_key"), entry.get("timestamp")
-            if not isinstance(key, str) or not isinstance(stamp, str):
-                continue
-            at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-            found.setdefault(key, []).append((at, str(entry.get("code") or entry["event"])))
-    return found
 
 
 def _brief(details: dict[str, Any]) -> str:
@@ -738,125 +515,3 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
     (output / "report.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
     (output / "report.md").write_text(render_markdown(report))
     return report
-
-
-@click.command("chaos")
-@click.option(
-    "--duration",
-    type=click.FloatRange(10),
-    default=180.0,
-    show_default=True,
-    help="Seconds of load.",
-)
-@click.option(
-    "--rate", type=click.FloatRange(1), default=25.0, show_default=True, help="Events per second."
-)
-@click.option("--workers", type=click.IntRange(2, 16), default=2, show_default=True)
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of the schedule and the load."
-)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/chaos"),
-    show_default=True,
-)
-@click.option(
-    "--outage",
-    type=click.FloatRange(1),
-    default=30.0,
-    show_default=True,
-    help="Seconds of each MongoDB and downstream outage.",
-)
-@click.option(
-    "--redis-down",
-    type=click.FloatRange(0),
-    default=3.0,
-    show_default=True,
-    help="Seconds Redis stays down when restarted.",
-)
-@click.option("--drain-timeout", type=click.FloatRange(1), default=300.0, show_default=True)
-@click.option(
-    "--mongo-outage-mode",
-    type=click.Choice([m.value for m in OutageMode]),
-    default=OutageMode.DROP.value,
-    show_default=True,
-    help="drop: connections reset and refused; blackhole: connections hang.",
-)
-@click.option(
-    "--redis-crash", is_flag=True, help="Also SIGKILL Redis (runs it with appendfsync always)."
-)
-@click.option("--mongo-url", help="A MongoDB to use instead of the embedded one (single host).")
-@click.option("--mongo-db", help="Database name (default: a fresh chaos_<hex>).")
-@click.option("--port", type=int, help="API port (default: a free one).")
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="GATEWAY_NAME=VALUE",
-    help="Override a gateway setting of the run (repeatable).",
-)
-@click.option("--downstream-latency-ms", type=click.FloatRange(0), default=100.0, show_default=True)
-def chaos_command(
-    duration: float,
-    rate: float,
-    workers: int,
-    seed: int,
-    output: Path,
-    outage: float,
-    redis_down: float,
-    drain_timeout: float,
-    mongo_outage_mode: str,
-    redis_crash: bool,
-    mongo_url: str | None,
-    mongo_db: str | None,
-    port: int | None,
-    downstream_latency_ms: float,
-    settings: tuple[str, ...],
-) -> None:
-    """Run the gateway under load, inject faults, and check that nothing accepted is lost."""
-    gateway_env: dict[str, str] = {}
-    for setting in settings:
-        name, equals, value = setting.partition("=")
-        if not equals or not name.startswith("GATEWAY_"):
-            raise click.BadParameter(f"{setting!r} is not GATEWAY_NAME=VALUE", param_hint="--set")
-        gateway_env[name] = value
-    options = ChaosOptions(
-        gateway_env=gateway_env,
-        duration_s=duration,
-        rate=rate,
-        workers=workers,
-        seed=seed,
-        output=output,
-        outage_s=outage,
-        redis_down_s=redis_down,
-        drain_timeout_s=drain_timeout,
-        mongo_outage_mode=OutageMode(mongo_outage_mode),
-        redis_crash=redis_crash,
-        mongo_url=mongo_url,
-        port=port,
-        downstream_latency_ms=downstream_latency_ms,
-        mongo_db=mongo_db or f"chaos_{uuid.uuid4().hex[:8]}",
-    )
-    try:
-        plan_faults(options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--duration") from exc
-    try:
-        report = run_chaos(options)
-    except ServiceError as exc:
-        raise click.ClickException(f"the stack did not start: {exc}") from exc
-    for inv in report.invariants:
-        click.echo(f"{'PASS' if inv.passed else 'FAIL'} {inv.name}: {inv.summary}")
-    for fault in report.faults:
-        recovery = ", ".join(
-            f"{k} {'—' if v is None else f'{v:g} s'}" for k, v in fault.recovery.items()
-        )
-        click.echo(f"fault {fault.kind.value} ({fault.target}): {recovery}")
-    click.echo(f"{'PASS' if report.passed else 'FAIL'} — report in {output / 'report.md'}")
-    if not report.passed:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    chaos_command()
