@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "dev": "scripts.devstack.dev:dev_command",
     "dlq": "scripts.commands.dlq:dlq_command",
     "demo": "scripts.devstack.demo:demo_command",
-    "loadtest": "scripts.proof.loadtest.run:loadtest_command",
+    "loadtest": "scripts.proof.loadtest.command:loadtest_command",
     "bench-worker": "scripts.proof.bench.worker:bench_worker_command",
     "chaos": "scripts.proof.chaos.command:chaos_command",
 }

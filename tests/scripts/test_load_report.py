@@ -7,6 +7,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from scripts.proof.loadtest.criteria import (
+    evaluate,
+    sc001_ack_latency,
+    sc002_terminal_states,
+    sc003_no_duplicate_effects,
+    sc004_retry_recovery,
+)
 from scripts.proof.loadtest.records import SentRecord
 from scripts.proof.loadtest.report import (
     Collected,
@@ -15,14 +22,9 @@ from scripts.proof.loadtest.report import (
     Report,
     Thresholds,
     count_deliveries,
-    evaluate,
     latency_from_locust,
     render_markdown,
     request_mix,
-    sc001_ack_latency,
-    sc002_terminal_states,
-    sc003_no_duplicate_effects,
-    sc004_retry_recovery,
 )
 from scripts.traffic.events import Kind
 from scripts.traffic.observe import Drain, KeyState

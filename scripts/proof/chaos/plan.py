@@ -13,9 +13,7 @@ from typing import Final
 from msgspec import Struct
 
 from scripts.harness.tcp_proxy import OutageMode
-from scripts.proof.chaos.report import (
-    FaultKind,
-)
+from scripts.proof.chaos.report import FaultKind
 
 __all__ = ["CHAOS_ENV", "QUEUE", "SOURCE", "ChaosOptions", "PlannedFault", "plan_faults"]
 

@@ -32,158 +32,58 @@ import contextlib
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import click
 import httpx
 import msgspec
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
-import scripts
-from scripts.devstack.stack import Stack, StackOptions
-from scripts.harness.services import ServiceError, free_port
+from scripts.proof.loadtest.criteria import evaluate
+from scripts.proof.loadtest.options import (
+    LOCUSTFILE,
+    REPO_ROOT,
+    LoadTestError,
+    LoadTestOptions,
+)
 from scripts.proof.loadtest.records import SentRecord, read_records
 from scripts.proof.loadtest.report import (
     Collected,
-    Criterion,
     DeliveryCounts,
     LatencySummary,
     LoadWindow,
     Profile,
     Report,
-    Thresholds,
     accepted_keys,
     count_deliveries,
-    evaluate,
     latency_from_locust,
     render_markdown,
     request_mix,
 )
+from scripts.proof.loadtest.target import (
+    Endpoints,
+    describe_store,
+    inject_failures,
+    open_endpoints,
+    restore_failures,
+)
 from scripts.proof.probes import CpuMeter, ProfileRecorder
 from scripts.traffic.observe import Drain, KeyState, Observer
-from shared.settings import Settings, SettingsError, load_settings, redact_url
+from shared.settings import SettingsError, load_settings
 from shared.storage.mongo import open_mongo
 
-__all__ = [
-    "STACK_ENV",
-    "LoadTestError",
-    "LoadTestOptions",
-    "describe_store",
-    "loadtest_command",
-    "run_loadtest",
-]
-
-REPO_ROOT: Final = Path(scripts.__file__).resolve().parent.parent
-LOCUSTFILE: Final = Path(__file__).resolve().parent / "locustfile.py"
-STACK_ENV: Final[dict[str, str]] = {
-    # Retries within seconds, not minutes, so a run drains in a bounded time:
-    # delay bounds 0.2, 0.8, 3.2, 5, 5 s (full jitter), 6 attempts.
-    "GATEWAY_BACKOFF_BASE_S": "0.2",
-    "GATEWAY_BACKOFF_MULTIPLIER": "4",
-    "GATEWAY_BACKOFF_CAP_S": "5",
-    "GATEWAY_MAX_ATTEMPTS": "6",
-}
-"""Worker settings the load test's own stack runs with (reported in ``report.md``)."""
-
-
-class LoadTestError(Exception):
-    """The load test could not run (as opposed to running and missing a target)."""
-
-
-@dataclass
-class LoadTestOptions:
-    """Everything ``gateway loadtest`` was asked to do."""
-
-    users: int = 100
-    duration_s: int = 60
-    rate_per_s: float = 40.0
-    spawn_rate: float | None = None
-    output: Path = Path("loadtest-report")
-    target: str | None = None
-    workers: int = 2
-    transient_rate: float = 0.2
-    seed: int = 1
-    duplicate_ratio: float = 0.1
-    out_of_order_ratio: float = 0.1
-    drain_timeout_s: float = 300.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    mongo_url: str | None = None
-    mongo_db: str = "gateway"
-    redis_url: str | None = None
-    mock_url: str | None = None
-    source: str | None = None
-    port: int | None = None
-    py_spy: str | None = None
-    """Path of a py-spy binary: profile the API, worker-1 and the embedded MongoDB."""
-
-    def command_line(self) -> str:
-        """The ``gateway loadtest`` command that reproduces this run (URL passwords redacted)."""
-        defaults = LoadTestOptions()
-        args = ["gateway", "loadtest", "--users", str(self.users)]
-        args += ["--duration", str(self.duration_s), "--rate", f"{self.rate_per_s:g}"]
-        args += ["--workers", str(self.workers), "--transient-rate", f"{self.transient_rate:g}"]
-        args += ["--seed", str(self.seed)]
-        optional: list[tuple[str, object, object]] = [
-            ("--spawn-rate", self.spawn_rate, defaults.spawn_rate),
-            ("--duplicate-ratio", self.duplicate_ratio, defaults.duplicate_ratio),
-            ("--out-of-order-ratio", self.out_of_order_ratio, defaults.out_of_order_ratio),
-            ("--drain-timeout", self.drain_timeout_s, defaults.drain_timeout_s),
-            ("--max-p95-ms", self.thresholds.max_p95_ms, defaults.thresholds.max_p95_ms),
-            (
-                "--max-error-rate",
-                self.thresholds.max_error_rate,
-                defaults.thresholds.max_error_rate,
-            ),
-            (
-                "--min-recovery",
-                self.thresholds.min_recovery_ratio,
-                defaults.thresholds.min_recovery_ratio,
-            ),
-            ("--target", self.target, None),
-            ("--mongo-url", self.mongo_url and redact_url(self.mongo_url), None),
-            ("--mongo-db", self.mongo_db, defaults.mongo_db),
-            ("--redis-url", self.redis_url and redact_url(self.redis_url), None),
-            ("--mock-url", self.mock_url, None),
-            ("--source", self.source, None),
-            ("--py-spy", self.py_spy, None),
-        ]
-        for flag, value, default in optional:
-            if value is not None and value != default:
-                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-        args += ["--output", str(self.output)]
-        return shlex.join(args)
-
-
-@dataclass
-class _Endpoints:
-    api_url: str
-    mongo_url: str
-    mongo_db: str
-    redis_url: str
-    queue_name: str
-    mock_url: str | None
-    source: str
-    locust_env: dict[str, str]
-    worker_metrics_ports: list[int] = field(default_factory=list)
-    pids: dict[str, int] = field(default_factory=dict)
-    embedded_mongo: bool = False
-    stack: dict[str, Any] = field(default_factory=dict)
-
+__all__ = ["run_loadtest"]
 
 # ---------------------------------------------------------------- the run
 
@@ -202,8 +102,8 @@ def run_loadtest(options: LoadTestOptions, console: Console | None = None) -> Re
     except SettingsError as exc:
         raise LoadTestError(f"invalid settings: {exc}") from exc
     started_at = datetime.now(UTC)
-    with _endpoints(options, settings, console) as endpoints:
-        previous_rules = _inject_failures(endpoints, options, console)
+    with open_endpoints(options, settings, console) as endpoints:
+        previous_rules = inject_failures(endpoints, options, console)
         try:
             latency, window, profiles = _run_locust(endpoints, options, records_dir, console)
             records = read_records(records_dir)
@@ -217,7 +117,7 @@ def run_loadtest(options: LoadTestOptions, console: Console | None = None) -> Re
             collected = _collect(endpoints, options, latency, records, drain, states, histories)
             worker_jobs = _worker_jobs(endpoints.worker_metrics_ports)
         finally:
-            _restore_failures(endpoints, previous_rules)
+            restore_failures(endpoints, previous_rules)
     criteria = evaluate(collected, options.thresholds)
     report = Report(
         passed=all(c.passed for c in criteria),
@@ -237,149 +137,8 @@ def run_loadtest(options: LoadTestOptions, console: Console | None = None) -> Re
     return report
 
 
-@contextlib.contextmanager
-def _endpoints(
-    options: LoadTestOptions, settings: Settings, console: Console
-) -> Iterator[_Endpoints]:
-    if options.target is not None:
-        yield _target_endpoints(options, settings)
-        return
-    stack = Stack(
-        StackOptions(
-            port=options.port or free_port(),
-            workers=options.workers,
-            redis_url=options.redis_url,
-            mongo_url=options.mongo_url,
-            mongo_db=options.mongo_db,
-            mock_downstream=True,
-            mock_args=[
-                "--transient-rate",
-                f"{options.transient_rate:g}",
-                "--seed",
-                str(options.seed),
-            ],
-            env=STACK_ENV,
-            log_dir=options.output / "logs",
-            shutdown_grace_s=5,
-        )
-    )
-    console.log(f"starting the stack: API, {options.workers} workers, mock downstream…")
-    try:
-        stack.start()
-    except ServiceError as exc:
-        raise LoadTestError(
-            f"the stack did not start: {exc} (logs: {options.output / 'logs'})"
-        ) from exc
-    try:
-        env = dict(os.environ)
-        if stack.generated_source is not None:
-            env.pop("GATEWAY_SOURCES", None)
-            env["GATEWAY_SOURCES_FILE"] = str(stack.sources_file)
-        sources = load_settings(env).sources
-        source = options.source or next(iter(sources))
-        if source not in sources:
-            raise LoadTestError(f"--source {source!r} is not a configured source")
-        yield _Endpoints(
-            api_url=stack.api_url,
-            mongo_url=stack.mongo_url,
-            mongo_db=options.mongo_db,
-            redis_url=stack.redis_url,
-            queue_name=settings.queue_name,
-            mock_url=stack.mock_url,
-            source=source,
-            locust_env=env,
-            worker_metrics_ports=list(stack.worker_metrics_ports),
-            pids=_stack_pids(stack),
-            embedded_mongo=stack.mongo_is_embedded,
-            stack={
-                "mode": "started by this command",
-                "workers": options.workers,
-                "worker concurrency": settings.worker_concurrency,
-                "worker poll delay": f"{settings.worker_poll_delay_s:g} s",
-                "worker settings": ", ".join(f"{k}={v}" for k, v in STACK_ENV.items()),
-                "mock downstream": (
-                    f"503 for {options.transient_rate:.0%} of deliveries (seed {options.seed})"
-                ),
-                "redis": "redis-server started by this command"
-                if options.redis_url is None
-                else redact_url(options.redis_url),
-                "queue": settings.queue_name,
-            },
-        )
-    finally:
-        console.log("stopping the stack…")
-        stack.stop()
-
-
-def _stack_pids(stack: Stack) -> dict[str, int]:
-    """The stack's processes by name (API, workers, mock, and the stores started here)."""
-    pids = {child.name: child.pid for child in stack.children() if child.pid is not None}
-    for name, service in (("mongo", stack.mongo), ("redis", stack.redis)):
-        if service is not None and service.process is not None:
-            pids[name] = service.process.pid
-    return pids
-
-
-def _target_endpoints(options: LoadTestOptions, settings: Settings) -> _Endpoints:
-    if not settings.sources:
-        raise LoadTestError(
-            "--target needs the stack's sources to sign with: set GATEWAY_SOURCES_FILE "
-            "(or source the stack.env that `gateway dev` wrote)"
-        )
-    source = options.source or next(iter(settings.sources))
-    if source not in settings.sources:
-        raise LoadTestError(f"--source {source!r} is not a configured source")
-    mongo_url = options.mongo_url or settings.mongo_url
-    redis_url = options.redis_url or settings.redis_url
-    return _Endpoints(
-        api_url=options.target.rstrip("/") if options.target else "",
-        mongo_url=mongo_url,
-        mongo_db=options.mongo_db,
-        redis_url=redis_url,
-        queue_name=settings.queue_name,
-        mock_url=options.mock_url,
-        source=source,
-        locust_env=dict(os.environ),
-        stack={
-            "mode": f"running stack at {options.target}",
-            "mock downstream": options.mock_url or "none given (--mock-url): deliveries unchecked",
-            "redis": redact_url(redis_url),
-            "queue": settings.queue_name,
-        },
-    )
-
-
-def _inject_failures(
-    endpoints: _Endpoints, options: LoadTestOptions, console: Console
-) -> dict[str, Any] | None:
-    """Make the mock fail transiently (it already does when we started it); the old rules."""
-    if endpoints.mock_url is None:
-        if options.target is not None:
-            console.log("no --mock-url: downstream deliveries will not be checked")
-        return None
-    with httpx.Client(base_url=endpoints.mock_url, timeout=10) as http:
-        try:
-            before = http.post("/control", json={}).raise_for_status().json()
-            http.post(
-                "/control", json={"transient_rate": options.transient_rate, "seed": options.seed}
-            ).raise_for_status()
-        except httpx.HTTPError as exc:
-            raise LoadTestError(f"mock downstream at {endpoints.mock_url}: {exc}") from exc
-    return dict(before)
-
-
-def _restore_failures(endpoints: _Endpoints, previous: dict[str, Any] | None) -> None:
-    if endpoints.mock_url is None or previous is None:
-        return
-    with (
-        httpx.Client(base_url=endpoints.mock_url, timeout=10) as http,
-        contextlib.suppress(httpx.HTTPError),
-    ):
-        http.post("/control", json={"transient_rate": previous.get("transient_rate", 0.0)})
-
-
 def _run_locust(
-    endpoints: _Endpoints,
+    endpoints: Endpoints,
     options: LoadTestOptions,
     records_dir: Path,
     console: Console,
@@ -464,7 +223,7 @@ def _reaped_children_cpu_s() -> float:
 
 
 def _start_profiler(
-    options: LoadTestOptions, endpoints: _Endpoints, console: Console
+    options: LoadTestOptions, endpoints: Endpoints, console: Console
 ) -> ProfileRecorder | None:
     if options.py_spy is None:
         return None
@@ -492,7 +251,7 @@ def _finish_profiler(recorder: ProfileRecorder | None, console: Console) -> list
 
 
 async def _drain_and_read(
-    endpoints: _Endpoints, keys: dict[str, str], timeout_s: float, console: Console
+    endpoints: Endpoints, keys: dict[str, str], timeout_s: float, console: Console
 ) -> tuple[Drain, dict[str, KeyState], dict[str, list[str]]]:
     """Wait for the drain (:class:`~scripts.traffic.observe.Observer`), then read the outcome."""
     mongo = open_mongo(endpoints.mongo_url, timeout_s=10)
@@ -536,7 +295,7 @@ def _deliveries(mock_url: str) -> DeliveryCounts:
 
 
 def _collect(
-    endpoints: _Endpoints,
+    endpoints: Endpoints,
     options: LoadTestOptions,
     latency: LatencySummary,
     records: list[SentRecord],
@@ -596,26 +355,8 @@ def _worker_jobs(ports: Sequence[int]) -> dict[str, float]:
     return found
 
 
-def describe_store(mongo_url: str, *, embedded: bool) -> str:
-    """Which MongoDB the run measured: the embedded emulation or a real server (version)."""
-    if embedded:
-        return (
-            f"mongoeco at {mongo_url} — the embedded, in-memory MongoDB-wire emulation "
-            "(one Python process), not a real MongoDB"
-        )
-    try:
-        client: MongoClient[dict[str, Any]] = MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
-        with client:
-            info = client.admin.command("buildInfo")
-    except PyMongoError as exc:
-        return f"MongoDB at {redact_url(mongo_url)} (version unknown: {type(exc).__name__})"
-    if info.get("gitVersion") == "mongoeco":
-        return f"mongoeco at {redact_url(mongo_url)} (MongoDB-wire emulation, not a real MongoDB)"
-    return f"MongoDB {info.get('version', '?')} at {redact_url(mongo_url)}"
-
-
 def _run_facts(
-    options: LoadTestOptions, endpoints: _Endpoints, started_at: datetime
+    options: LoadTestOptions, endpoints: Endpoints, started_at: datetime
 ) -> dict[str, Any]:
     return {
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -634,142 +375,3 @@ def _run_facts(
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "stack": endpoints.stack,
     }
-
-
-# ---------------------------------------------------------------- the command
-
-
-def _print_summary(report: Report, output: Path, console: Console) -> None:
-    verdict = "[green]PASS[/green]" if report.passed else "[bold red]MISS[/bold red]"
-    console.print(f"Load test: {verdict}")
-    for criterion in report.criteria:
-        console.print(
-            f"  {_verdict(criterion)}  {criterion.id} {criterion.title}: {criterion.measured}"
-            f"  [dim](target: {criterion.target})[/dim]",
-            soft_wrap=True,
-        )
-    console.print(f"report: {output / 'report.md'} (also report.json, locust.html)", soft_wrap=True)
-
-
-def _verdict(criterion: Criterion) -> str:
-    return "[green]PASS[/green]" if criterion.passed else "[bold red]MISS[/bold red]"
-
-
-@click.command("loadtest")
-@click.option("--users", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@click.option(
-    "--duration", "duration_s", type=click.IntRange(1), default=60, show_default=True,
-    help="Seconds of load.",
-)  # fmt: skip
-@click.option(
-    "--rate",
-    "rate_per_s",
-    type=click.FloatRange(0),
-    default=40.0,
-    show_default=True,
-    help="Target requests/s of all users together (0: as fast as answers come).",
-)
-@click.option("--spawn-rate", type=click.FloatRange(0, min_open=True), help="Users started per s.")
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("loadtest-report"),
-    show_default=True,
-)
-@click.option("--target", help="Base URL of a running gateway (default: start one here).")
-@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True)
-@click.option(
-    "--transient-rate",
-    type=click.FloatRange(0, 1),
-    default=0.2,
-    show_default=True,
-    help="Share of downstream deliveries the mock answers 503.",
-)
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of traffic and failures."
-)
-@click.option("--duplicate-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--out-of-order-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option(
-    "--drain-timeout", "drain_timeout_s", type=click.FloatRange(0), default=300.0, show_default=True
-)
-@click.option(
-    "--max-p95-ms", type=click.FloatRange(0, min_open=True), default=100.0, show_default=True
-)
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--min-recovery", type=click.FloatRange(0, 1), default=0.99, show_default=True)
-@click.option("--mongo-url", envvar="GATEWAY_MONGO_URL", help="MongoDB to use / to check.")
-@click.option("--mongo-db", envvar="GATEWAY_MONGO_DB", default="gateway", show_default=True)
-@click.option("--redis-url", envvar="GATEWAY_REDIS_URL", help="Redis to use / to watch.")
-@click.option(
-    "--mock-url",
-    envvar="GATEWAY_MOCK_DOWNSTREAM_URL",
-    help="With --target: the running mock downstream's base URL.",
-)
-@click.option("--source", help="Source to sign for (default: the first configured).")
-@click.option(
-    "--py-spy",
-    "py_spy",
-    type=click.Path(exists=True, dir_okay=False),
-    help="py-spy binary: profile the API, worker-1 and the embedded MongoDB during the load.",
-)
-def loadtest_command(
-    users: int,
-    duration_s: int,
-    rate_per_s: float,
-    spawn_rate: float | None,
-    output: Path,
-    target: str | None,
-    workers: int,
-    transient_rate: float,
-    seed: int,
-    duplicate_ratio: float,
-    out_of_order_ratio: float,
-    drain_timeout_s: float,
-    max_p95_ms: float,
-    max_error_rate: float,
-    min_recovery: float,
-    mongo_url: str | None,
-    mongo_db: str,
-    redis_url: str | None,
-    mock_url: str | None,
-    source: str | None,
-    py_spy: str | None,
-) -> None:
-    """Load the gateway with Locust and judge the run against SPEC §6 (exit 1 on any miss).
-
-    Without --target it starts the whole stack here (mock downstream failing
-    transiently --transient-rate of the time); with --target it loads a running
-    stack, reading its GATEWAY_* variables (source the stack.env of `gateway dev`).
-    """
-    options = LoadTestOptions(
-        users=users,
-        duration_s=duration_s,
-        rate_per_s=rate_per_s,
-        spawn_rate=spawn_rate,
-        output=output,
-        target=target,
-        workers=workers,
-        transient_rate=transient_rate,
-        seed=seed,
-        duplicate_ratio=duplicate_ratio,
-        out_of_order_ratio=out_of_order_ratio,
-        drain_timeout_s=drain_timeout_s,
-        thresholds=Thresholds(
-            max_p95_ms=max_p95_ms, max_error_rate=max_error_rate, min_recovery_ratio=min_recovery
-        ),
-        mongo_url=mongo_url or None,
-        mongo_db=mongo_db,
-        redis_url=redis_url or None,
-        mock_url=mock_url or None,
-        source=source,
-        py_spy=py_spy,
-    )
-    console = Console(stderr=True)
-    try:
-        report = run_loadtest(options, console)
-    except LoadTestError as exc:
-        raise click.ClickException(str(exc)) from exc
-    _print_summary(report, output, Console())
-    if not report.passed:
-        sys.exit(1)

@@ -39,9 +39,7 @@ import msgspec
 import redis
 from rich.console import Console
 
-from scripts.harness.services import (
-    EmbeddedMongo,
-)
+from scripts.harness.services import EmbeddedMongo
 from scripts.proof.bench.ingest.model import (
     POOL_RATE_PER_S,
     QUEUE_NAME,

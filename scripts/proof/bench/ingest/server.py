@@ -27,9 +27,7 @@ from scripts.proof.bench.ingest.model import (
     BenchError,
     BenchOptions,
 )
-from scripts.proof.bench.ingest.wrk import (
-    taskset,
-)
+from scripts.proof.bench.ingest.wrk import taskset
 from shared.settings import decode_secret
 from shared.signing import sign
 
