@@ -39,7 +39,10 @@ import msgspec
 import uvicorn
 from msgspec import Struct
 
-from scripts.harness.services import ServiceError, free_port, spawn, terminate, wait_for_port
+from scripts.harness.services import (
+    ServiceProcess,
+    free_port,
+)
 from shared.settings import decode_secret
 from shared.signing import ID_HEADER, SignatureError, verify_standard
 
@@ -299,7 +302,7 @@ class MockDownstreamClient:
         await self._http.aclose()
 
 
-class MockDownstreamProcess:
+class MockDownstreamProcess(ServiceProcess):
     """The mock in a child process on a private port (tests, demo, load test)."""
 
     def __init__(
@@ -333,30 +336,14 @@ class MockDownstreamProcess:
         if self._secret is not None:
             # Through the environment, not argv: argv is visible in `ps`.
             env["MOCK_DOWNSTREAM_SECRET"] = self._secret
-        self.process = spawn(
+        return self._launch(
             args,
+            self.port,
+            20.0,
             stdout=subprocess.DEVNULL,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,
             env=env,
         )
-        try:
-            wait_for_port(self.port, timeout_s=20)
-        except ServiceError:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        terminate(self.process)
-        self.process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 class _AnnouncingServer(uvicorn.Server):

@@ -29,6 +29,7 @@ __all__ = [
     "EmbeddedMongo",
     "RedisServer",
     "ServiceError",
+    "ServiceProcess",
     "free_port",
     "spawn",
     "terminate",
@@ -79,7 +80,38 @@ def terminate(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
         process.wait()
 
 
-class RedisServer:
+class ServiceProcess:
+    """A service in a child process: :meth:`start` it, :meth:`stop` it with SIGTERM, or use it
+    as a context manager."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _launch(self, args: list[str], port: int, timeout_s: float, **options: Any) -> Self:
+        """:func:`spawn` ``args`` and wait for ``port``; stop the child if it never listens."""
+        self.process = spawn(args, **options)
+        try:
+            wait_for_port(port, timeout_s=timeout_s)
+        except ServiceError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+            self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class RedisServer(ServiceProcess):
     """A ``redis-server`` on a private port and directory, stoppable and restartable.
 
     With ``appendonly=True`` it keeps an AOF (``appendfsync everysec``) in
@@ -124,19 +156,13 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(self.port)
-        except ServiceError:
-            self.stop()
-            raise
-        return self
+        return self._launch(
+            args, self.port, 10.0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def stop(self) -> None:
         """SIGTERM (Redis flushes its AOF and exits), waiting until the port is closed."""
-        if self.process is not None:
-            terminate(self.process)
-            self.process = None
+        super().stop()
 
     def kill(self) -> None:
         """SIGKILL: no flush, as in a crash."""
@@ -149,14 +175,8 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-
-class EmbeddedMongo:
+class EmbeddedMongo(ServiceProcess):
     """mongoeco's in-memory MongoDB-wire server in a child process (non-durable)."""
 
     def __init__(self, *, port: int | None = None, log: IO[bytes] | None = None) -> None:
@@ -171,26 +191,11 @@ class EmbeddedMongo:
     def start(self) -> Self:
         if self.process is not None and self.process.poll() is None:
             return self
-        self.process = spawn(
+        return self._launch(
             [sys.executable, "-m", "scripts.harness.embedded_mongo", "--port", str(self.port)],
+            self.port,
+            30.0,
             stdout=subprocess.DEVNULL,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        try:
-            wait_for_port(self.port, timeout_s=30)
-        except ServiceError:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-            self.process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import IO, Self
 
-from scripts.harness.services import ServiceError, spawn, terminate
+from scripts.harness.services import ServiceError, ServiceProcess, spawn, terminate
 
 __all__ = ["OutageMode", "TcpProxy", "TcpProxyProcess"]
 
@@ -148,7 +148,7 @@ class TcpProxy:
             return
 
 
-class TcpProxyProcess:
+class TcpProxyProcess(ServiceProcess):
     """A :class:`TcpProxy` in a child process, switched through its standard input."""
 
     def __init__(
@@ -206,12 +206,6 @@ class TcpProxyProcess:
         assert self.process is not None
         assert self.process.stdout is not None
         return self.process.stdout.readline().decode().strip()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 async def _serve(target_host: str, target_port: int, port: int) -> None:
