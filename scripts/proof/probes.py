@@ -1,5 +1,5 @@
-"""Where the CPU goes while the proof tooling runs: per-process CPU seconds (psutil)
-and py-spy profiles summarised by frame and package.
+"""What the proof tooling measures beside its own numbers: per-process CPU seconds
+(psutil), py-spy profiles summarised by frame and package, and which MongoDB it ran on.
 
 Used by ``gateway loadtest`` (CPU of each stack process during the load,
 optional py-spy samples of the API, a worker and the embedded MongoDB),
@@ -17,15 +17,21 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 from msgspec import Struct
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from shared.settings import redact_url
 
 __all__ = [
     "CpuMeter",
     "Profile",
     "ProfileRecorder",
     "cpu_seconds",
+    "describe_store",
     "find_py_spy",
     "summarize_collapsed_stacks",
 ]
@@ -198,3 +204,27 @@ def _package_of(frame: str) -> str:
 def find_py_spy() -> str | None:
     beside = Path(sys.executable).parent / "py-spy"
     return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def describe_store(mongo_url: str, *, embedded: bool, unreachable_ok: bool = True) -> str:
+    """Which MongoDB a run measured: the embedded emulation or a real server (version).
+
+    An unreachable server is described as such, or with ``unreachable_ok=False``
+    its :class:`~pymongo.errors.PyMongoError` is raised.
+    """
+    if embedded:
+        return (
+            f"mongoeco at {mongo_url} — the embedded, in-memory MongoDB-wire emulation "
+            "(one Python process), not a real MongoDB"
+        )
+    try:
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+        with client:
+            info = client.admin.command("buildInfo")
+    except PyMongoError as exc:
+        if not unreachable_ok:
+            raise
+        return f"MongoDB at {redact_url(mongo_url)} (version unknown: {type(exc).__name__})"
+    if info.get("gitVersion") == "mongoeco":
+        return f"mongoeco at {redact_url(mongo_url)} (MongoDB-wire emulation, not a real MongoDB)"
+    return f"MongoDB {info.get('version', '?')} at {redact_url(mongo_url)}"

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from scripts.harness.services import free_port
-from tests.scripts.test_dev_stack import copy_checkout, first_command
+from tests.scripts.newcomer import first_command, newcomer_checkout
 
 pytestmark = pytest.mark.slow
 
@@ -95,10 +95,7 @@ class Terminal:
 def test_ctrl_c_in_a_terminal_stops_the_whole_stack_gracefully_within_seconds(
     repo_root: Path, tmp_path: Path
 ) -> None:
-    checkout = tmp_path / "checkout"
-    copy_checkout(repo_root, checkout)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "VIRTUAL_ENV"))}
-    env["GATEWAY_PORT"] = str(free_port())
+    checkout, env = newcomer_checkout(repo_root, tmp_path, free_port())
     env["TERM"] = "dumb"
     master, slave = os.openpty()
     process = subprocess.Popen(

@@ -65,7 +65,7 @@ from scripts.proof.bench.worker_report import (
     render_console,
     render_markdown,
 )
-from scripts.proof.probes import cpu_seconds
+from scripts.proof.probes import cpu_seconds, describe_store
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
 from shared.logging import configure_logging
@@ -294,20 +294,10 @@ async def _ensure_indexes(mongo_url: str, db_name: str) -> None:
 
 
 def _store_label(mongo_url: str, *, embedded: bool) -> str:
-    if embedded:
-        return (
-            f"mongoeco at {mongo_url} (embedded in-memory MongoDB-wire emulation, "
-            "one Python process; not a real MongoDB)"
-        )
     try:
-        client: MongoClient[Document] = MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
-        with client:
-            info = client.admin.command("buildInfo")
+        return describe_store(mongo_url, embedded=embedded, unreachable_ok=False)
     except PyMongoError as exc:
         raise BenchWorkerError(f"cannot reach MongoDB at {redact_url(mongo_url)}: {exc}") from exc
-    if info.get("gitVersion") == "mongoeco":
-        return f"mongoeco at {redact_url(mongo_url)} (MongoDB-wire emulation, not a real MongoDB)"
-    return f"MongoDB {info.get('version', '?')} at {redact_url(mongo_url)}"
 
 
 @contextlib.contextmanager

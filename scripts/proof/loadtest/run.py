@@ -73,12 +73,11 @@ from scripts.proof.loadtest.report import (
 )
 from scripts.proof.loadtest.target import (
     Endpoints,
-    describe_store,
     inject_failures,
     open_endpoints,
     restore_failures,
 )
-from scripts.proof.probes import CpuMeter, ProfileRecorder
+from scripts.proof.probes import CpuMeter, ProfileRecorder, describe_store
 from scripts.traffic.observe import Drain, KeyState, Observer
 from shared.settings import SettingsError, load_settings
 from shared.storage.mongo import open_mongo

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 from rich.console import Console
 
 from scripts.devstack.stack import Stack, StackOptions
@@ -25,7 +23,6 @@ from shared.settings import Settings, load_settings, redact_url
 
 __all__ = [
     "Endpoints",
-    "describe_store",
     "inject_failures",
     "open_endpoints",
     "restore_failures",
@@ -189,21 +186,3 @@ def restore_failures(endpoints: Endpoints, previous: dict[str, Any] | None) -> N
         contextlib.suppress(httpx.HTTPError),
     ):
         http.post("/control", json={"transient_rate": previous.get("transient_rate", 0.0)})
-
-
-def describe_store(mongo_url: str, *, embedded: bool) -> str:
-    """Which MongoDB the run measured: the embedded emulation or a real server (version)."""
-    if embedded:
-        return (
-            f"mongoeco at {mongo_url} — the embedded, in-memory MongoDB-wire emulation "
-            "(one Python process), not a real MongoDB"
-        )
-    try:
-        client: MongoClient[dict[str, Any]] = MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
-        with client:
-            info = client.admin.command("buildInfo")
-    except PyMongoError as exc:
-        return f"MongoDB at {redact_url(mongo_url)} (version unknown: {type(exc).__name__})"
-    if info.get("gitVersion") == "mongoeco":
-        return f"mongoeco at {redact_url(mongo_url)} (MongoDB-wire emulation, not a real MongoDB)"
-    return f"MongoDB {info.get('version', '?')} at {redact_url(mongo_url)}"
