@@ -23,10 +23,17 @@ import psutil
 from msgspec import Struct
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from shared.settings import redact_url
 
 __all__ = [
+    "CommandCounter",
     "CpuMeter",
     "Profile",
     "ProfileRecorder",
@@ -228,3 +235,19 @@ def describe_store(mongo_url: str, *, embedded: bool, unreachable_ok: bool = Tru
     if info.get("gitVersion") == "mongoeco":
         return f"mongoeco at {redact_url(mongo_url)} (MongoDB-wire emulation, not a real MongoDB)"
     return f"MongoDB {info.get('version', '?')} at {redact_url(mongo_url)}"
+
+
+class CommandCounter(CommandListener):
+    """The names of the commands a PyMongo client sends, in order (command monitoring)."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.commands.append(event.command_name)
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass

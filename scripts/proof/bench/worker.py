@@ -47,12 +47,6 @@ import msgspec
 import redis
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 from rich.console import Console
 
 from gateway_worker.jobs import EventProcessor
@@ -65,7 +59,7 @@ from scripts.proof.bench.worker_report import (
     render_console,
     render_markdown,
 )
-from scripts.proof.probes import cpu_seconds, describe_store
+from scripts.proof.probes import CommandCounter, cpu_seconds, describe_store
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
 from shared.logging import configure_logging
@@ -133,25 +127,11 @@ def make_events(count: int, *, seed: int, prefix: str) -> list[QueuedEvent]:
     return events
 
 
-class _Counting(CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.commands.append(event.command_name)
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
-
-
 async def count_round_trips(
     mongo_url: str, db_name: str, events: Sequence[QueuedEvent]
 ) -> RoundTrips:
     """Run ``events`` one by one through the worker's processor; MongoDB commands per event."""
-    listener = _Counting()
+    listener = CommandCounter()
     client = open_mongo(mongo_url, event_listeners=[listener])
     try:
         await ensure_indexes(client[db_name], index_specs(86_400))
