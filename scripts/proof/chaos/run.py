@@ -249,57 +249,41 @@ class _Run:
         return time.time()
 
     async def _worker_kill(self, planned: PlannedFault) -> FaultRecord:
-        index = planned.target or 0
-        worker = self.stack.workers[index]
-        worker_id = self._worker_id(index)
-        self._busy.add(worker.name)
-        try:
-            await self._wait_for_leases(worker_id)
-            started = time.time()
-            worker.signal(signal.SIGKILL)
-            await asyncio.to_thread(worker.wait, 10)
-            # Frozen now: the dead worker's claims that no run will end.
-            held = await self._leases_of(worker_id)
-            ended = await self._restart_worker(index)
-        finally:
-            self._busy.discard(worker.name)
-        return FaultRecord(
-            kind=planned.kind,
-            target=worker.name,
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=ended,
-            details={"in_flight_jobs": len(held), "in_flight": held},
-            recovery={"worker_back_s": round(ended - started, 2)},
-        )
+        return await self._stop_worker(planned, signal.SIGKILL)
 
     async def _worker_term(self, planned: PlannedFault) -> FaultRecord:
+        return await self._stop_worker(planned, signal.SIGTERM)
+
+    async def _stop_worker(self, planned: PlannedFault, signum: signal.Signals) -> FaultRecord:
+        """SIGKILL or SIGTERM a worker while it holds leases; restart it as a supervisor would."""
         index = planned.target or 0
         worker = self.stack.workers[index]
         worker_id = self._worker_id(index)
+        killed = signum is signal.SIGKILL
         self._busy.add(worker.name)
         try:
             await self._wait_for_leases(worker_id)
-            held = await self._leases_of(worker_id)
+            held = [] if killed else await self._leases_of(worker_id)
             started = time.time()
-            worker.signal(signal.SIGTERM)
-            code = await asyncio.to_thread(worker.wait, SHUTDOWN_GRACE_S + 10)
+            worker.signal(signum)
+            code = await asyncio.to_thread(worker.wait, 10 if killed else SHUTDOWN_GRACE_S + 10)
             exited = time.time()
+            if killed:
+                # Frozen now: the dead worker's claims that no run will end.
+                held = await self._leases_of(worker_id)
             ended = await self._restart_worker(index)
         finally:
             self._busy.discard(worker.name)
+        details: dict[str, Any] = {"in_flight_jobs": len(held), "in_flight": held}
+        if not killed:
+            details |= {"exit_code": code, "exit_s": round(exited - started, 2)}
         return FaultRecord(
             kind=planned.kind,
             target=worker.name,
             planned_at_s=planned.at_s,
             started_at=started,
             ended_at=ended,
-            details={
-                "in_flight_jobs": len(held),
-                "in_flight": held,
-                "exit_code": code,
-                "exit_s": round(exited - started, 2),
-            },
+            details=details,
             recovery={"worker_back_s": round(ended - started, 2)},
         )
 
