@@ -7,9 +7,8 @@ import structlog
 import uvicorn
 
 from gateway_api.app import create_app
-from scripts.cli import settings_from_env
 from shared.logging import configure_logging
-from shared.settings import SettingsError, redact_url
+from shared.settings import SettingsError, redact_url, settings_from_env
 
 __all__ = ["api_command"]
 

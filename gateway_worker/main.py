@@ -13,10 +13,9 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from gateway_worker.worker import build_worker_settings
-from scripts.cli import settings_from_env
 from shared.logging import configure_logging
 from shared.queue import worker_health_key
-from shared.settings import Settings
+from shared.settings import Settings, settings_from_env
 from shared.storage.errors import StorageError
 from shared.storage.indexes import IndexChange, ensure_indexes, index_specs
 from shared.storage.mongo import open_mongo

@@ -316,3 +316,19 @@ def _name_variable(message: str) -> str:
         return f"GATEWAY_*: {message}"
     field = match.group(1)
     return f"{_FIELD_ENV.get(field, field)}: {message[: match.start()]}"
+
+
+def settings_from_env() -> Settings:
+    """Settings from the environment for a console command, or exit 2 naming the bad variable.
+
+    ``click`` and ``os`` are imported here so the rest of this module (and every
+    library user of :class:`Settings`) stays free of the command-line layer.
+    """
+    import os
+
+    import click
+
+    try:
+        return load_settings(os.environ)
+    except SettingsError as exc:
+        raise click.UsageError(f"invalid settings: {exc}") from exc

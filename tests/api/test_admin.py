@@ -18,7 +18,7 @@ from arq.connections import ArqRedis
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway_worker.jobs import EventProcessor
-from scripts.mock_downstream import MockDownstreamClient
+from scripts.harness.mock_downstream import MockDownstreamClient
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from scripts.services import free_port
+from scripts.harness.services import free_port
 from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 
 

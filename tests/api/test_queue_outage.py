@@ -10,7 +10,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from gateway_api.app import create_app
-from scripts.services import RedisServer
+from scripts.harness.services import RedisServer
 from shared.settings import Settings
 from tests.api.expect import assert_problem, queued_job
 from tests.api.harness import running

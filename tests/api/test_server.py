@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.services import RedisServer, free_port, wait_for_port
+from scripts.harness.services import RedisServer, free_port, wait_for_port
 from tests.factories import (
     TEST_HEX_SECRET,
     TEST_SECRETS,

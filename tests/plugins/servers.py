@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from scripts.services import EmbeddedMongo, RedisServer
+from scripts.harness.services import EmbeddedMongo, RedisServer
 from shared.queue import open_queue_pool
 from shared.settings import Settings, SourceConfig
 from shared.storage.mongo import Document, open_mongo

@@ -35,8 +35,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import WorkerMetrics
-from scripts.mock_downstream import MockDownstreamClient, MockDownstreamProcess
-from scripts.services import free_port
+from scripts.harness.mock_downstream import MockDownstreamClient, MockDownstreamProcess
+from scripts.harness.services import free_port
 from shared.contracts import QueuedEvent
 from shared.queue import Enqueuer, deserialize, worker_health_key
 from shared.settings import Settings

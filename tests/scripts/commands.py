@@ -27,7 +27,7 @@ def run_gateway(
     env = {k: v for k, v in os.environ.items() if not k.startswith(clear_env)}
     real_mongo = os.environ.get("GATEWAY_TEST_MONGO_URL")
     database = f"{command.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-    argv = [sys.executable, "-m", "scripts.cli", command, *args]
+    argv = [sys.executable, "-m", "scripts.commands.cli", command, *args]
     if real_mongo:
         argv += ["--mongo-url", real_mongo, "--mongo-db", database]
     try:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_ingest import BenchError, parse_wrk_output, summarize_collapsed_stacks
+from scripts.proof.bench.ingest.model import BenchError
+from scripts.proof.bench.ingest.wrk import parse_wrk_output
+from scripts.proof.probes import summarize_collapsed_stacks
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:41234/v1/events/bench

@@ -18,16 +18,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scripts.chaos import ChaosOptions, plan_faults
-from scripts.chaos_driver import (
+from scripts.proof.chaos.driver import (
     Answer,
     CourierRetry,
     DriverResult,
     Resend,
     SentEvent,
-    ShipmentPlanner,
 )
-from scripts.chaos_report import (
+from scripts.proof.chaos.invariants import check_invariants, compute_recovery
+from scripts.proof.chaos.plan import ChaosOptions, plan_faults
+from scripts.proof.chaos.report import (
     Collected,
     DeadLetterDoc,
     DeliveryRecord,
@@ -37,12 +37,12 @@ from scripts.chaos_report import (
     ProcessedDoc,
     QueueState,
     ShipmentDoc,
-    check_invariants,
-    compute_recovery,
     render_markdown,
 )
+from scripts.traffic.events import ShipmentPlanner
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from tests.scripts.commands import run_gateway
+from tests.scripts.markdown import table_rows
 
 T0 = 1_800_000_000.0
 OCCURRED = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -91,7 +91,16 @@ def test_a_run_too_short_for_its_outages_is_refused_naming_the_minimum() -> None
 
 def test_gateway_chaos_refuses_a_schedule_that_does_not_fit_before_starting_anything() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "chaos", "--duration", "30", "--outage", "30"],
+        [
+            sys.executable,
+            "-m",
+            "scripts.commands.cli",
+            "chaos",
+            "--duration",
+            "30",
+            "--outage",
+            "30",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -316,7 +325,7 @@ def test_an_outage_window_alone_does_not_explain_a_second_delivery() -> None:
 
 
 def test_failed_and_cancelled_runs_are_read_from_the_workers_json_logs(tmp_path: Path) -> None:
-    from scripts.chaos import job_failures
+    from scripts.proof.chaos.collect import job_failures
 
     log = tmp_path / "worker-1.log"
     lines = [
@@ -468,7 +477,7 @@ def test_recovery_times_are_measured_from_the_collected_records() -> None:
 
 
 def test_the_markdown_report_shows_the_verdict_faults_and_failing_examples() -> None:
-    from scripts.chaos_report import Report, load_summary, timeline
+    from scripts.proof.chaos.report import Report, load_summary, timeline
 
     run = clean_run()
     del run.processed["chaos:e1"]
@@ -488,7 +497,9 @@ def test_the_markdown_report_shows_the_verdict_faults_and_failing_examples() -> 
     )
     text = render_markdown(report)
     assert text.startswith("# Chaos run — FAIL")
-    assert "| 1 | worker_kill | worker-1 | +20.0 s | +22.0 s |" in text
+    assert ["1", "worker_kill", "worker-1", "+20.0 s", "+22.0 s"] in [
+        row[:5] for row in table_rows(text)
+    ]
     assert "### none_lost: 1 violations" in text
     assert "- chaos:e1: accepted, not in processed_events" in text
     assert msgspec.json.decode(msgspec.json.encode(report))["passed"] is False

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scripts.cli import main
-from scripts.services import free_port
-from scripts.stack import Stack, StackOptions
+from scripts.commands.cli import main
+from scripts.devstack.stack import Stack, StackOptions
+from scripts.harness.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -22,36 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from pymongo import MongoClient
 
-from scripts.services import free_port, port_is_open
+from scripts.harness.services import free_port, port_is_open
 from shared.settings import load_settings
 from shared.signing import signed_headers
+from tests.scripts.newcomer import first_command, newcomer_checkout
 
 pytestmark = pytest.mark.slow
-
-
-def copy_checkout(repo_root: Path, target: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo_root,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, files):
-        source = repo_root / name.decode()
-        if source.is_file():
-            destination = target / name.decode()
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination)
-
-
-def first_command(repo_root: Path) -> str:
-    text = (repo_root / "README.md").read_text()
-    match = re.search(r"<!-- first-command -->\n```sh\n(.+?)\n```", text, re.DOTALL)
-    assert match, "README has no first-command block"
-    return match.group(1).strip()
 
 
 class Output:
@@ -93,29 +72,18 @@ class Output:
 
 
 def descendants(root: int) -> set[int]:
-    """Every live process below ``root``, by walking /proc parent links."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    """Every live process below ``root``."""
+    try:
+        return {child.pid for child in psutil.Process(root).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def alive(pid: int) -> bool:
     try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -131,11 +99,8 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_readme_first_command_runs_an_event_end_to_end_and_ctrl_c_stops_everything(
     repo_root: Path, tmp_path: Path
 ) -> None:
-    checkout = tmp_path / "checkout"
-    copy_checkout(repo_root, checkout)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "VIRTUAL_ENV"))}
-    env["GATEWAY_PORT"] = str(port)
+    checkout, env = newcomer_checkout(repo_root, tmp_path, port)
     # Run as a terminal would: the command's own process leads the process group
     # (through `sh -c`, the shell would be the one to receive the Ctrl-C).
     process = subprocess.Popen(

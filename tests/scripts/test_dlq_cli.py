@@ -23,7 +23,7 @@ import pytest
 from arq.connections import ArqRedis
 from pymongo.asynchronous.database import AsyncDatabase
 
-from scripts.mock_downstream import MockDownstreamClient
+from scripts.harness.mock_downstream import MockDownstreamClient
 from shared.queue import Enqueuer
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
@@ -241,7 +241,7 @@ async def test_list_exits_3_when_nothing_matches_and_2_on_a_bad_filter(
 
 
 async def test_an_unreachable_mongodb_is_reported_with_exit_1(settings: Settings) -> None:
-    from scripts.services import free_port
+    from scripts.harness.services import free_port
 
     unreachable = Settings(
         **{

@@ -22,16 +22,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scripts.load_test.probes import CpuMeter, cpu_seconds
-from scripts.load_test.traffic import (
-    EventStream,
-    LoadConfig,
-    Recorder,
-    SentRecord,
-    plan_lifecycle,
-    read_records,
-    send_order,
-)
+from scripts.proof.loadtest.records import LoadConfig, Recorder, SentRecord, read_records
+from scripts.proof.probes import CpuMeter, cpu_seconds
+from scripts.traffic.events import EventStream, plan_lifecycle, send_order
 from shared.contracts import TERMINAL_STATUSES, EventType, decode_event
 from shared.signing import generate_secret
 from tests.scripts.commands import run_gateway

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from standardwebhooks import Webhook
 
-from scripts.cli import main
+from scripts.commands.cli import main
 from shared.settings import SourceConfig
 from shared.signing import generate_secret, sign_hex, verify_hex, verify_standard
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from scripts.tcp_proxy import OutageMode, TcpProxy, TcpProxyProcess
+from scripts.harness.tcp_proxy import OutageMode, TcpProxy, TcpProxyProcess
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

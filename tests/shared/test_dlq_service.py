@@ -19,8 +19,8 @@ from arq.constants import job_key_prefix
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway_worker.jobs import EventProcessor
-from scripts.mock_downstream import MockDownstreamClient
-from scripts.services import RedisServer
+from scripts.harness.mock_downstream import MockDownstreamClient
+from scripts.harness.services import RedisServer
 from shared.contracts import EventType
 from shared.dlq import (
     ENQUEUE_GRACE_S,

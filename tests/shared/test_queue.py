@@ -18,7 +18,7 @@ from arq.jobs import Job, JobStatus
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
-from scripts.services import RedisServer
+from scripts.harness.services import RedisServer
 from shared.contracts import CourierEvent, EventType, QueuedEvent, Shipment
 from shared.queue import (
     JOB_FUNCTION,

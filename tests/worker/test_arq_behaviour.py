@@ -26,7 +26,7 @@ from gateway_worker.worker import (
     build_worker_settings,
     on_startup,
 )
-from scripts.tcp_proxy import OutageMode, TcpProxy
+from scripts.harness.tcp_proxy import OutageMode, TcpProxy
 from shared.contracts import QueuedEvent
 from shared.queue import deserialize, serialize, worker_health_key
 from shared.settings import Settings, SettingsError, load_settings

@@ -11,8 +11,8 @@ import pytest
 
 from gateway_worker.downstream import Downstream, parse_retry_after
 from gateway_worker.errors import DownstreamStatusError, DownstreamTimeout, DownstreamUnreachable
-from scripts.mock_downstream import MockDownstreamClient
-from scripts.services import free_port
+from scripts.harness.mock_downstream import MockDownstreamClient
+from scripts.harness.services import free_port
 from shared.signing import generate_secret, signed_headers
 from tests.factories import DOWNSTREAM_SECRET, make_event
 

@@ -11,18 +11,13 @@ import pytest
 from arq.worker import Retry
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 
 from gateway_worker.backoff import backoff_bound
 from gateway_worker.jobs import EventProcessor, JobResult
 from gateway_worker.metrics import WorkerMetrics
-from scripts.mock_downstream import MockDownstreamClient
-from scripts.services import free_port
+from scripts.harness.mock_downstream import MockDownstreamClient
+from scripts.harness.services import free_port
+from scripts.proof.probes import CommandCounter
 from shared.contracts import EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
@@ -33,22 +28,6 @@ from tests.factories import T0, Clock, make_event, payload
 from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 
 MakeProcessor = Callable[..., EventProcessor]
-
-
-class CountingListener(CommandListener):
-    """Counts the commands the job sends (PyMongo command monitoring)."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.commands.append(event.command_name)
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
 
 
 class Raising:
@@ -104,7 +83,7 @@ async def test_happy_path_applies_delivers_marks_in_three_mongo_round_trips(
     downstream_url: str,
 ) -> None:
     settings = worker_settings()
-    listener = CountingListener()
+    listener = CommandCounter()
     client: AsyncMongoClient[Document] = open_mongo(mongo_url, event_listeners=[listener])
     try:
         metrics = WorkerMetrics()

@@ -17,9 +17,9 @@ from arq.jobs import Job
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway_worker.backoff import backoff_bound
-from scripts.mock_downstream import MockDownstreamClient
-from scripts.services import RedisServer
-from scripts.tcp_proxy import TcpProxy
+from scripts.harness.mock_downstream import MockDownstreamClient
+from scripts.harness.services import RedisServer
+from scripts.harness.tcp_proxy import TcpProxy
 from shared.contracts import EventType, QueuedEvent
 from shared.queue import Enqueuer, deserialize, open_queue_pool, worker_health_key
 from shared.settings import Settings

@@ -1,0 +1,506 @@
+"""``gateway bench-worker``: worker capacity — events/s for 1, 2, 4 worker processes (SPEC §6).
+
+Each round runs on a fresh queue and a fresh database (the embedded
+MongoDB-wire server is restarted; a given MongoDB gets a new database that is
+dropped afterwards):
+
+1. start N ``gateway worker`` processes and wait until each has written its
+   health key (it is polling the queue);
+2. enqueue ``--events`` events at once with :class:`shared.queue.Enqueuer`
+   (shipment lifecycles with mixed event types, as the load test sends; no
+   API in the way), in one pipeline;
+3. time until the queue is empty, then check every event ``succeeded``.
+
+It reports events/s per configuration and per worker process, the CPU the
+workers, the store and Redis used per event, and MongoDB round trips per event
+counted with PyMongo command monitoring on a sample of events run in process
+through the worker's own :class:`~gateway_worker.jobs.EventProcessor` (no
+worker code changed, no debug flag). No downstream is configured: this
+measures the worker and its store, not a receiver.
+
+The store is named in the output: ``mongoeco`` (the embedded, in-memory
+MongoDB-wire emulation, one Python process — started here unless
+``--mongo-url`` is given) or ``MongoDB <version>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Final
+
+import click
+import msgspec
+import redis
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from rich.console import Console
+
+from gateway_worker.jobs import EventProcessor
+from gateway_worker.metrics import WorkerMetrics
+from scripts.harness.services import EmbeddedMongo, RedisServer, ServiceError
+from scripts.proof.bench.worker_report import (
+    BenchWorkerReport,
+    RoundResult,
+    RoundTrips,
+    render_console,
+    render_markdown,
+)
+from scripts.proof.probes import CommandCounter, cpu_seconds, describe_store
+from scripts.traffic.events import plan_lifecycle
+from shared.contracts import QueuedEvent, decode_event
+from shared.logging import configure_logging
+from shared.queue import Enqueuer, open_queue_pool, serialize, worker_health_key
+from shared.settings import Settings, redact_url
+from shared.storage.indexes import ensure_indexes, index_specs
+from shared.storage.mongo import Document, open_mongo
+
+__all__ = [
+    "BenchWorkerError",
+    "BenchWorkerReport",
+    "RoundResult",
+    "RoundTrips",
+    "bench_worker",
+    "bench_worker_command",
+    "make_events",
+    "render_markdown",
+]
+
+SOURCE: Final = "bench"
+QUEUE_NAME: Final = "gateway:bench-worker"
+
+
+class BenchWorkerError(Exception):
+    """The benchmark could not produce a trustworthy number."""
+
+
+@dataclass
+class BenchWorkerOptions:
+    """What to run."""
+
+    events: int = 2000
+    workers: tuple[int, ...] = (1, 2, 4)
+    concurrency: int = 20
+    mongo_url: str | None = None
+    sample: int = 50
+    output: Path = Path("bench-worker-report")
+    seed: int = 1
+    poll_delay_s: float | None = None
+    """``GATEWAY_WORKER_POLL_DELAY_S`` of the workers (``None``: the product default)."""
+
+
+def make_events(count: int, *, seed: int, prefix: str) -> list[QueuedEvent]:
+    """``count`` queued events: whole shipment lifecycles (the last one cut short)."""
+    rng = random.Random(seed)
+    events: list[QueuedEvent] = []
+    serial = 0
+    now_ms = int(time.time() * 1000)
+    start = datetime.now(UTC).replace(microsecond=0)
+    while len(events) < count:
+        serial += 1
+        for planned in plan_lifecycle(rng, prefix, serial, start):
+            event = decode_event(planned.body())
+            events.append(
+                QueuedEvent(
+                    idempotency_key=f"{SOURCE}:{event.event_id}",
+                    source=SOURCE,
+                    event=event,
+                    request_id=f"req_{prefix}_{len(events)}",
+                    received_at_ms=now_ms,
+                )
+            )
+            if len(events) == count:
+                break
+    return events
+
+
+async def count_round_trips(
+    mongo_url: str, db_name: str, events: Sequence[QueuedEvent]
+) -> RoundTrips:
+    """Run ``events`` one by one through the worker's processor; MongoDB commands per event."""
+    listener = CommandCounter()
+    client = open_mongo(mongo_url, event_listeners=[listener])
+    try:
+        await ensure_indexes(client[db_name], index_specs(86_400))
+        processor = EventProcessor(
+            db=client[db_name],
+            settings=Settings(mongo_url=mongo_url, mongo_db=db_name),
+            worker_id="bench-round-trips",
+            metrics=WorkerMetrics(),
+            downstream=None,
+        )
+        per_event: list[int] = []
+        by_command: Counter[str] = Counter()
+        for queued in events:
+            listener.commands.clear()
+            result = await processor.process(
+                queued.idempotency_key, 1, msgspec.msgpack.decode(serialize(queued))
+            )
+            if result != "succeeded":
+                raise BenchWorkerError(f"{queued.idempotency_key} ended {result}, not succeeded")
+            per_event.append(len(listener.commands))
+            by_command.update(listener.commands)
+        await client.drop_database(db_name)
+    finally:
+        await client.close()
+    return RoundTrips(
+        sample=len(per_event),
+        per_event=round(sum(per_event) / len(per_event), 3) if per_event else 0.0,
+        max_per_event=max(per_event, default=0),
+        by_command=dict(by_command.most_common()),
+    )
+
+
+class _Round:
+    """One configuration's processes and measurements."""
+
+    def __init__(
+        self,
+        options: BenchWorkerOptions,
+        *,
+        workers: int,
+        redis_url: str,
+        mongo_url: str,
+        db_name: str,
+        log_dir: Path,
+    ) -> None:
+        self.options = options
+        self.workers = workers
+        self.redis_url = redis_url
+        self.mongo_url = mongo_url
+        self.db_name = db_name
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._logs: list[IO[bytes]] = []
+
+    def env(self, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env.update(
+            {
+                "GATEWAY_REDIS_URL": self.redis_url,
+                "GATEWAY_MONGO_URL": self.mongo_url,
+                "GATEWAY_MONGO_DB": self.db_name,
+                "GATEWAY_QUEUE_NAME": QUEUE_NAME,
+                "GATEWAY_WORKER_ID": self.worker_id(index),
+                "GATEWAY_WORKER_METRICS_PORT": "0",
+                "GATEWAY_WORKER_CONCURRENCY": str(self.options.concurrency),
+                "GATEWAY_WORKER_HEALTH_INTERVAL_S": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.options.poll_delay_s is not None:
+            env["GATEWAY_WORKER_POLL_DELAY_S"] = f"{self.options.poll_delay_s:g}"
+        return env
+
+    def worker_id(self, index: int) -> str:
+        return f"bench-{self.workers}w-{index + 1}"
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(self.workers):
+            log = (self.log_dir / f"{self.workers}w-worker-{index + 1}.log").open("wb")
+            self._logs.append(log)
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "scripts.commands.cli", "worker"],
+                    env=self.env(index),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def wait_ready(self, client: redis.Redis, timeout_s: float = 60) -> None:
+        keys = [worker_health_key(QUEUE_NAME, self.worker_id(i)) for i in range(self.workers)]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = [p.args for p in self.processes if p.poll() is not None]
+            if exited:
+                raise BenchWorkerError(f"a worker exited during start (logs: {self.log_dir})")
+            if all(client.exists(key) for key in keys):
+                return
+            time.sleep(0.1)
+        raise BenchWorkerError(f"workers not polling after {timeout_s} s (logs: {self.log_dir})")
+
+    def cpu_s(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in self._logs:
+            log.close()
+
+
+async def _prefill(redis_url: str, events: Sequence[QueuedEvent]) -> None:
+    pool = await open_queue_pool(redis_url, QUEUE_NAME, retries=0)
+    try:
+        enqueuer = Enqueuer(pool, QUEUE_NAME)
+        try:
+            stored = await asyncio.gather(*(enqueuer.enqueue(e.idempotency_key, e) for e in events))
+        finally:
+            await enqueuer.close()
+        if not all(stored):
+            raise BenchWorkerError("some events were already queued: the queue was not fresh")
+    finally:
+        await pool.aclose()
+
+
+async def _ensure_indexes(mongo_url: str, db_name: str) -> None:
+    client = open_mongo(mongo_url)
+    try:
+        await ensure_indexes(client[db_name], index_specs(86_400))
+    finally:
+        await client.close()
+
+
+def _store_label(mongo_url: str, *, embedded: bool) -> str:
+    try:
+        return describe_store(mongo_url, embedded=embedded, unreachable_ok=False)
+    except PyMongoError as exc:
+        raise BenchWorkerError(f"cannot reach MongoDB at {redact_url(mongo_url)}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _store(options: BenchWorkerOptions, log_dir: Path) -> Iterator[tuple[str, int | None]]:
+    """A MongoDB URL for one round, and the pid of its server when it runs here."""
+    if options.mongo_url is not None:
+        yield options.mongo_url, None
+        return
+    log = (log_dir / "mongo.log").open("ab")
+    mongo = EmbeddedMongo(log=log)
+    try:
+        mongo.start()
+        assert mongo.process is not None
+        yield mongo.url, mongo.process.pid
+    finally:
+        mongo.stop()
+        log.close()
+
+
+def _one_round(
+    options: BenchWorkerOptions,
+    workers: int,
+    redis_server: RedisServer,
+    workdir: Path,
+    console: Console,
+) -> RoundResult:
+    tag = uuid.uuid4().hex[:6]
+    db_name = f"bench_worker_{tag}"
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    events = make_events(options.events, seed=options.seed, prefix=f"bw{tag}")
+    with _store(options, workdir) as (mongo_url, store_pid):
+        asyncio.run(_ensure_indexes(mongo_url, db_name))
+        bench = _Round(
+            options,
+            workers=workers,
+            redis_url=redis_server.url,
+            mongo_url=mongo_url,
+            db_name=db_name,
+            log_dir=workdir / "logs",
+        )
+        try:
+            bench.start()
+            bench.wait_ready(client)
+            redis_pid = redis_server.process.pid if redis_server.process else None
+            cpu_before = (bench.cpu_s(), cpu_seconds(store_pid), cpu_seconds(redis_pid))
+            started = time.perf_counter()
+            asyncio.run(_prefill(redis_server.url, events))
+            while client.zcard(QUEUE_NAME):
+                if any(p.poll() is not None for p in bench.processes):
+                    raise BenchWorkerError(f"a worker died during the drain ({workdir / 'logs'})")
+                time.sleep(0.02)
+            drain_s = time.perf_counter() - started
+            worker_cpu = bench.cpu_s() - cpu_before[0]
+            store_cpu = cpu_seconds(store_pid) - cpu_before[1]
+            redis_cpu = cpu_seconds(redis_pid) - cpu_before[2]
+        finally:
+            bench.stop()
+            client.close()
+        mongo: MongoClient[Document] = MongoClient(mongo_url, serverSelectionTimeoutMS=10_000)
+        with mongo:
+            succeeded = mongo[db_name]["processed_events"].count_documents({"status": "succeeded"})
+            mongo.drop_database(db_name)
+    if succeeded != options.events:
+        raise BenchWorkerError(f"{workers} workers: {succeeded}/{options.events} events succeeded")
+    result = RoundResult(
+        workers=workers,
+        events=options.events,
+        drain_s=round(drain_s, 2),
+        events_per_s=round(options.events / drain_s, 1),
+        events_per_s_per_worker=round(options.events / drain_s / workers, 1),
+        worker_cpu_ms_per_event=round(1000 * worker_cpu / options.events, 2),
+        worker_cpu_pct=round(100 * worker_cpu / drain_s, 1),
+        store_cpu_ms_per_event=round(1000 * store_cpu / options.events, 2) if store_pid else None,
+        store_cpu_pct=round(100 * store_cpu / drain_s, 1) if store_pid else None,
+        redis_cpu_pct=round(100 * redis_cpu / drain_s, 1),
+    )
+    console.log(
+        f"{workers} worker(s): {options.events} events in {result.drain_s} s → "
+        f"{result.events_per_s} events/s ({result.events_per_s_per_worker} per process)"
+    )
+    return result
+
+
+def bench_worker(options: BenchWorkerOptions, console: Console | None = None) -> BenchWorkerReport:
+    """Run every configuration and the round-trip count; write and return the report."""
+    console = console or Console(stderr=True)
+    options.output.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-worker-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "logs").mkdir()
+        with _store(options, workdir) as (mongo_url, store_pid):
+            store = _store_label(mongo_url, embedded=store_pid is not None)
+            sample = make_events(options.sample, seed=options.seed + 1, prefix="rt")
+            round_trips = asyncio.run(
+                count_round_trips(mongo_url, f"bench_round_trips_{uuid.uuid4().hex[:6]}", sample)
+            )
+        console.log(
+            f"store: {store}; MongoDB round trips per event: {round_trips.per_event} "
+            f"({round_trips.by_command})"
+        )
+        redis_server = RedisServer(workdir / "redis")
+        try:
+            redis_server.start()
+        except ServiceError as exc:
+            raise BenchWorkerError(str(exc)) from exc
+        try:
+            rounds = [
+                _one_round(options, n, redis_server, workdir, console) for n in options.workers
+            ]
+        finally:
+            redis_server.stop()
+            logs = options.output / "logs"
+            logs.mkdir(exist_ok=True)
+            for path in (workdir / "logs").glob("*.log"):
+                (logs / path.name).write_bytes(path.read_bytes())
+    report = BenchWorkerReport(
+        started_at=started_at.isoformat(timespec="seconds"),
+        command=_command_line(options),
+        store=store,
+        events=options.events,
+        concurrency=options.concurrency,
+        poll_delay_s=options.poll_delay_s
+        if options.poll_delay_s is not None
+        else Settings().worker_poll_delay_s,
+        rounds=rounds,
+        round_trips=round_trips,
+        machine={"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    )
+    (options.output / "bench-worker.json").write_bytes(
+        msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+    )
+    (options.output / "bench-worker.md").write_text(render_markdown(report))
+    return report
+
+
+def _command_line(options: BenchWorkerOptions) -> str:
+    parts = [
+        "gateway bench-worker",
+        f"--events {options.events}",
+        f"--workers {','.join(map(str, options.workers))}",
+        f"--concurrency {options.concurrency}",
+        f"--sample {options.sample}",
+    ]
+    if options.poll_delay_s is not None:
+        parts.append(f"--poll-delay {options.poll_delay_s:g}")
+    if options.mongo_url:
+        parts.append(f"--mongo-url {redact_url(options.mongo_url)}")
+    return " ".join(parts)
+
+
+def _worker_counts(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
+    if not counts or any(n < 1 or n > 32 for n in counts):
+        raise click.BadParameter("each worker count must be between 1 and 32")
+    return counts
+
+
+@click.command("bench-worker")
+@click.option("--events", type=click.IntRange(1), default=2000, show_default=True)
+@click.option(
+    "--workers", default="1,2,4", show_default=True, help="Worker process counts to measure."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Jobs per worker process (GATEWAY_WORKER_CONCURRENCY).",
+)
+@click.option(
+    "--mongo-url",
+    default=None,
+    help="Measure this MongoDB (a fresh database per round, dropped after) instead of mongoeco.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Events whose MongoDB round trips are counted.",
+)
+@click.option(
+    "--poll-delay",
+    "poll_delay_s",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Workers' GATEWAY_WORKER_POLL_DELAY_S (default: the product default, 0.5).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-worker-report"),
+    show_default=True,
+)
+def bench_worker_command(
+    events: int,
+    workers: str,
+    concurrency: int,
+    mongo_url: str | None,
+    sample: int,
+    poll_delay_s: float | None,
+    output: Path,
+) -> None:
+    """Events/s of 1, 2 and 4 workers draining a pre-filled queue; MongoDB round trips/event."""
+    # The round-trip sample runs the worker's processor in this process: keep its
+    # per-job INFO lines out of the benchmark's output.
+    configure_logging("WARNING", "console", process="bench-worker")
+    options = BenchWorkerOptions(
+        events=events,
+        workers=_worker_counts(workers),
+        concurrency=concurrency,
+        mongo_url=mongo_url,
+        sample=sample,
+        output=output,
+        poll_delay_s=poll_delay_s,
+    )
+    try:
+        report = bench_worker(options)
+    except BenchWorkerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    render_console(report, Console())
