@@ -1,0 +1,99 @@
+"""Adapter ``aftership``: AfterShip Tracking ``tracking_update`` webhooks.
+
+Signature: ``aftership-hmac-sha256: <base64 HMAC-SHA256 of the raw body>``,
+keyed with the webhook secret (AfterShip: Tracking > Settings > Webhooks).
+``msg`` is the Tracking object; its ``tag`` is the delivery status.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Final
+
+from shared.adapters.base import (
+    CarrierAdapter,
+    Ignored,
+    TrackingUpdate,
+    decode_digest,
+    document_object,
+    header,
+    tracking_update,
+    verify_hmac,
+)
+from shared.adapters.config import AfterShipConfig
+from shared.contracts import EventType
+
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "AfterShipAdapter", "normalise", "verify"]
+
+SIGNATURE_HEADER: Final = "aftership-hmac-sha256"
+
+STATUSES: Final[Mapping[str, EventType]] = {
+    "Pending": EventType.CREATED,
+    "InfoReceived": EventType.CREATED,
+    "InTransit": EventType.IN_TRANSIT,
+    "OutForDelivery": EventType.OUT_FOR_DELIVERY,
+    "AvailableForPickup": EventType.OUT_FOR_DELIVERY,
+    "AttemptFail": EventType.DELIVERY_FAILED,
+    "Exception": EventType.DELIVERY_FAILED,
+    "Delivered": EventType.DELIVERED,
+}
+"""Delivery status tags; ``Expired`` (no news for 30 days) stays unmapped."""
+
+_EVENT = ("event",)
+_EVENT_ID = ("event_id",)
+_TRACKING_NUMBER = ("msg", "tracking_number")
+_TAG = ("msg", "tag")
+_CHECKPOINTS = ("msg", "checkpoints")
+_CHECKPOINT_TIME = ("checkpoint_time",)
+_UPDATED_AT = ("msg", "updated_at")
+_ORDER_ID = ("msg", "order_id")
+
+
+def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
+    """Accept if ``aftership-hmac-sha256`` is the base64 HMAC of ``body`` under any key."""
+    offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
+    verify_hmac(offered, keys, body, SIGNATURE_HEADER)
+
+
+def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+    """A ``tracking_update`` as a tracking update; other events (``edd_revise``…) are ignored."""
+    reader = document_object(body)
+    event = reader.get(_EVENT)
+    if isinstance(event, str) and event != "tracking_update":
+        return Ignored(f"AfterShip event {event!r} is not a tracking update")
+    return tracking_update(
+        reader,
+        statuses=statuses,
+        event_id=reader.identifier(_EVENT_ID),
+        tracking_number=reader.identifier(_TRACKING_NUMBER),
+        status=reader.identifier(_TAG),
+        occurred_at=reader.newest(_CHECKPOINTS, _CHECKPOINT_TIME, _UPDATED_AT),
+        order_id=reader.identifier(_ORDER_ID, required=False),
+    )
+
+
+def sign(body: bytes, key: bytes) -> dict[str, str]:
+    """The header AfterShip sends with ``body``."""
+    digest = hmac.digest(key, body, hashlib.sha256)
+    return {SIGNATURE_HEADER: base64.b64encode(digest).decode()}
+
+
+class AfterShipAdapter(CarrierAdapter):
+    kind: ClassVar[str] = "aftership"
+    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    __slots__ = ()
+
+    def __init__(self, config: AfterShipConfig, *, tolerance_s: int) -> None:
+        super().__init__(config, tolerance_s=tolerance_s)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
+        verify(body, headers, self._keys)
+
+    def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
+        return normalise(body, self.statuses)
+
+    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
+        return sign(body, self._keys[key_index])

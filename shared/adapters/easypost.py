@@ -1,0 +1,109 @@
+"""Adapter ``easypost``: EasyPost ``tracker.*`` webhook Events.
+
+Signature: ``X-Hmac-Signature: hmac-sha256-hex=<hex HMAC-SHA256 of the raw body>``,
+keyed with the webhook secret NFKD-normalised and UTF-8 encoded (as EasyPost's
+client libraries do). The Event's ``result`` is a Tracker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Final
+
+from shared.adapters.base import (
+    CarrierAdapter,
+    Ignored,
+    TrackingUpdate,
+    decode_digest,
+    document_object,
+    header,
+    tracking_update,
+    verify_hmac,
+)
+from shared.adapters.config import EasyPostConfig
+from shared.contracts import EventType
+
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "EasyPostAdapter", "normalise", "verify"]
+
+SIGNATURE_HEADER: Final = "x-hmac-signature"
+_PREFIX: Final = "hmac-sha256-hex="
+
+STATUSES: Final[Mapping[str, EventType]] = {
+    "pre_transit": EventType.CREATED,
+    "in_transit": EventType.IN_TRANSIT,
+    "out_for_delivery": EventType.OUT_FOR_DELIVERY,
+    "available_for_pickup": EventType.OUT_FOR_DELIVERY,
+    "delivered": EventType.DELIVERED,
+    "return_to_sender": EventType.RETURNED,
+    "failure": EventType.DELIVERY_FAILED,
+    "cancelled": EventType.CANCELLED,
+}
+"""Tracker statuses; ``unknown`` and ``error`` say nothing about the parcel and stay unmapped."""
+
+_ID = ("id",)
+_DESCRIPTION = ("description",)
+_TRACKING_CODE = ("result", "tracking_code")
+_STATUS = ("result", "status")
+_DETAILS = ("result", "tracking_details")
+_DETAIL_TIME = ("datetime",)
+_UPDATED_AT = ("result", "updated_at")
+
+
+def key_of(secret: str) -> bytes:
+    """EasyPost's HMAC key: the secret NFKD-normalised, UTF-8."""
+    return unicodedata.normalize("NFKD", secret).encode()
+
+
+def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
+    """Accept if ``X-Hmac-Signature`` is the HMAC of ``body`` under any key."""
+    value = header(headers, SIGNATURE_HEADER)
+    offered = (
+        decode_digest(value.removeprefix(_PREFIX), "hex") if value.startswith(_PREFIX) else None
+    )
+    verify_hmac(offered, keys, body, "X-Hmac-Signature")
+
+
+def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+    """A ``tracker.*`` Event as a tracking update; any other Event is ignored."""
+    reader = document_object(body)
+    description = reader.get(_DESCRIPTION)
+    if isinstance(description, str) and not description.startswith("tracker."):
+        return Ignored(f"EasyPost event {description!r} is not a tracker update")
+    return tracking_update(
+        reader,
+        statuses=statuses,
+        event_id=reader.identifier(_ID),
+        tracking_number=reader.identifier(_TRACKING_CODE),
+        status=reader.identifier(_STATUS),
+        occurred_at=reader.newest(_DETAILS, _DETAIL_TIME, _UPDATED_AT),
+    )
+
+
+def sign(body: bytes, key: bytes) -> dict[str, str]:
+    """The header EasyPost sends with ``body``."""
+    return {SIGNATURE_HEADER: _PREFIX + hmac.digest(key, body, hashlib.sha256).hex()}
+
+
+class EasyPostAdapter(CarrierAdapter):
+    kind: ClassVar[str] = "easypost"
+    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    __slots__ = ()
+
+    def __init__(self, config: EasyPostConfig, *, tolerance_s: int) -> None:
+        super().__init__(config, tolerance_s=tolerance_s)
+
+    @staticmethod
+    def key_of(secret: str) -> bytes:
+        return key_of(secret)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
+        verify(body, headers, self._keys)
+
+    def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
+        return normalise(body, self.statuses)
+
+    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
+        return sign(body, self._keys[key_index])

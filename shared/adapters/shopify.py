@@ -1,0 +1,111 @@
+"""Adapter ``shopify``: Shopify ``fulfillment_events/create`` webhooks (a FulfillmentEvent).
+
+Signature: ``X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256 of the raw body>``, keyed
+with the app's client secret. Shopify ids are integers; they become text.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Final
+
+from shared.adapters.base import (
+    CarrierAdapter,
+    Ignored,
+    TrackingUpdate,
+    decode_digest,
+    document_object,
+    header,
+    tracking_update,
+    verify_hmac,
+)
+from shared.adapters.config import ShopifyConfig
+from shared.adapters.pointer import MISSING
+from shared.contracts import EventType
+
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "ShopifyAdapter", "normalise", "verify"]
+
+SIGNATURE_HEADER: Final = "x-shopify-hmac-sha256"
+
+STATUSES: Final[Mapping[str, EventType]] = {
+    "confirmed": EventType.CREATED,
+    "label_purchased": EventType.CREATED,
+    "label_printed": EventType.CREATED,
+    "carrier_picked_up": EventType.PICKED_UP,
+    "picked_up": EventType.PICKED_UP,
+    "in_transit": EventType.IN_TRANSIT,
+    "delayed": EventType.IN_TRANSIT,
+    "out_for_delivery": EventType.OUT_FOR_DELIVERY,
+    "ready_for_pickup": EventType.OUT_FOR_DELIVERY,
+    "ready_for_recipient_pickup": EventType.OUT_FOR_DELIVERY,
+    "attempted_delivery": EventType.DELIVERY_FAILED,
+    "buyer_action_required": EventType.DELIVERY_FAILED,
+    "failure": EventType.DELIVERY_FAILED,
+    "delivered": EventType.DELIVERED,
+    "returning_to_sender": EventType.RETURNED,
+}
+"""FulfillmentEvent statuses (the REST webhook's lower-case spelling of the GraphQL enum)."""
+
+_ID = ("id",)
+_FULFILLMENT_ID = ("fulfillment_id",)
+_TRACKING_NUMBER = ("tracking_number",)
+_STATUS = ("status",)
+_HAPPENED_AT = ("happened_at",)
+_ORDER_ID = ("order_id",)
+
+
+def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
+    """Accept if ``X-Shopify-Hmac-Sha256`` is the base64 HMAC of ``body`` under any key."""
+    offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
+    verify_hmac(offered, keys, body, "X-Shopify-Hmac-Sha256")
+
+
+def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+    """A FulfillmentEvent as a tracking update.
+
+    A body with neither ``fulfillment_id`` nor ``happened_at`` is another
+    topic's payload (an order, a fulfillment) and is ignored: a webhook's topic
+    travels in a header, and normalisation must work from the body alone.
+    """
+    reader = document_object(body)
+    if reader.get(_FULFILLMENT_ID) is MISSING and reader.get(_HAPPENED_AT) is MISSING:
+        return Ignored("Shopify payload is not a fulfillment event")
+    tracking_number = reader.identifier(_TRACKING_NUMBER, required=False)
+    if tracking_number is None:
+        tracking_number = reader.identifier(_FULFILLMENT_ID)
+    return tracking_update(
+        reader,
+        statuses=statuses,
+        event_id=reader.identifier(_ID),
+        tracking_number=tracking_number,
+        status=reader.identifier(_STATUS),
+        occurred_at=reader.instant(_HAPPENED_AT),
+        order_id=reader.identifier(_ORDER_ID, required=False),
+    )
+
+
+def sign(body: bytes, key: bytes) -> dict[str, str]:
+    """The header Shopify sends with ``body``."""
+    digest = hmac.digest(key, body, hashlib.sha256)
+    return {SIGNATURE_HEADER: base64.b64encode(digest).decode()}
+
+
+class ShopifyAdapter(CarrierAdapter):
+    kind: ClassVar[str] = "shopify"
+    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    __slots__ = ()
+
+    def __init__(self, config: ShopifyConfig, *, tolerance_s: int) -> None:
+        super().__init__(config, tolerance_s=tolerance_s)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
+        verify(body, headers, self._keys)
+
+    def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
+        return normalise(body, self.statuses)
+
+    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
+        return sign(body, self._keys[key_index])
