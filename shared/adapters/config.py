@@ -183,6 +183,14 @@ def parse_source_config(name: str, raw: Mapping[str, Any]) -> SourceAdapterConfi
         raise SourceConfigError(
             f"{name}.adapter: unknown adapter {adapter!r} (one of {', '.join(ADAPTER_KINDS)})"
         )
+    statuses = fields.get("statuses")
+    if isinstance(statuses, Mapping):
+        for status, target in statuses.items():
+            if not isinstance(target, str):
+                raise SourceConfigError(
+                    f"{name}.statuses.{status}: expected an event type name, "
+                    f"got {type(target).__name__}"
+                )
     try:
         config: SourceAdapterConfig = msgspec.convert(fields, SourceAdapterConfig)
     except msgspec.ValidationError as exc:
