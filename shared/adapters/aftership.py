@@ -11,15 +11,18 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
     CarrierAdapter,
     Ignored,
     TrackingUpdate,
     decode_digest,
-    document_object,
     header,
+    reader_for,
     tracking_update,
     verify_hmac,
 )
@@ -52,15 +55,42 @@ _UPDATED_AT = ("msg", "updated_at")
 _ORDER_ID = ("msg", "order_id")
 
 
+class _Checkpoint(Struct):
+    checkpoint_time: str | UnsetType | None = UNSET
+
+
+class _Tracking(Struct):
+    tracking_number: str | int | UnsetType | None = UNSET
+    tag: str | int | UnsetType | None = UNSET
+    checkpoints: list[_Checkpoint] | UnsetType | None = UNSET
+    updated_at: str | UnsetType | None = UNSET
+    order_id: str | int | UnsetType | None = UNSET
+
+
+class _Webhook(Struct):
+    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
+
+    event: Any = UNSET
+    event_id: str | int | UnsetType | None = UNSET
+    msg: _Tracking | UnsetType | None = UNSET
+
+
+DECODER: Final = msgspec.json.Decoder(_Webhook)
+
+
 def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
     """Accept if ``aftership-hmac-sha256`` is the base64 HMAC of ``body`` under any key."""
     offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
     verify_hmac(offered, keys, body, SIGNATURE_HEADER)
 
 
-def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+def normalise(
+    body: bytes,
+    statuses: Mapping[str, EventType],
+    decoder: msgspec.json.Decoder[Any] | None = DECODER,
+) -> TrackingUpdate | Ignored:
     """A ``tracking_update`` as a tracking update; other events (``edd_revise``…) are ignored."""
-    reader = document_object(body)
+    reader = reader_for(body, decoder)
     event = reader.get(_EVENT)
     if isinstance(event, str) and event != "tracking_update":
         return Ignored(f"AfterShip event {event!r} is not a tracking update")

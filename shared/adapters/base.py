@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import re
@@ -212,6 +213,22 @@ def parse_instant(value: object, *, unix_seconds: bool = False) -> datetime | No
         except (OverflowError, OSError, ValueError):
             return None
     return None
+
+
+def reader_for(body: bytes, decoder: msgspec.json.Decoder[Any] | None) -> FieldReader:
+    """A :class:`FieldReader` over ``body``, decoded into ``decoder``'s Structs when they fit.
+
+    The typed decode reads only the fields an adapter needs and skips the rest
+    in C; any body it refuses (not JSON, a container of the wrong type, …) is
+    read again untyped by :func:`document_object`, so errors are named exactly
+    as if there were no fast path.
+    """
+    if decoder is not None:
+        with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            if not body.isascii():
+                body.decode()  # a typed decode does not check the fields it skips
+            return FieldReader(decoder.decode(body))
+    return document_object(body)
 
 
 def document_object(body: bytes) -> FieldReader:

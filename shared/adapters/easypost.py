@@ -11,15 +11,18 @@ import hashlib
 import hmac
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
     CarrierAdapter,
     Ignored,
     TrackingUpdate,
     decode_digest,
-    document_object,
     header,
+    reader_for,
     tracking_update,
     verify_hmac,
 )
@@ -52,6 +55,28 @@ _DETAIL_TIME = ("datetime",)
 _UPDATED_AT = ("result", "updated_at")
 
 
+class _Detail(Struct):
+    datetime: str | UnsetType | None = UNSET
+
+
+class _Tracker(Struct):
+    tracking_code: str | int | UnsetType | None = UNSET
+    status: str | int | UnsetType | None = UNSET
+    tracking_details: list[_Detail] | UnsetType | None = UNSET
+    updated_at: str | UnsetType | None = UNSET
+
+
+class _Event(Struct):
+    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
+
+    id: str | int | UnsetType | None = UNSET
+    description: Any = UNSET
+    result: _Tracker | UnsetType | None = UNSET
+
+
+DECODER: Final = msgspec.json.Decoder(_Event)
+
+
 def key_of(secret: str) -> bytes:
     """EasyPost's HMAC key: the secret NFKD-normalised, UTF-8."""
     return unicodedata.normalize("NFKD", secret).encode()
@@ -66,9 +91,13 @@ def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> No
     verify_hmac(offered, keys, body, "X-Hmac-Signature")
 
 
-def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+def normalise(
+    body: bytes,
+    statuses: Mapping[str, EventType],
+    decoder: msgspec.json.Decoder[Any] | None = DECODER,
+) -> TrackingUpdate | Ignored:
     """A ``tracker.*`` Event as a tracking update; any other Event is ignored."""
-    reader = document_object(body)
+    reader = reader_for(body, decoder)
     description = reader.get(_DESCRIPTION)
     if isinstance(description, str) and not description.startswith("tracker."):
         return Ignored(f"EasyPost event {description!r} is not a tracker update")

@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
+
 __all__ = ["MISSING", "Pointer", "PointerSyntaxError", "parse_pointer", "resolve", "to_pointer"]
 
 _INDEX: Final = re.compile(r"0|[1-9][0-9]*")
@@ -55,10 +57,18 @@ def to_pointer(tokens: Sequence[str | int]) -> str:
 
 
 def resolve(document: object, pointer: Pointer) -> object:
-    """The value ``pointer`` names in a decoded JSON ``document``, or :data:`MISSING`."""
+    """The value ``pointer`` names in a decoded JSON ``document``, or :data:`MISSING`.
+
+    The document may also be msgspec Structs decoded from JSON, whose field
+    names are the JSON keys and whose absent fields are ``msgspec.UNSET``.
+    """
     node = document
     for token in pointer:
-        if isinstance(node, dict):
+        if isinstance(node, msgspec.Struct):
+            node = getattr(node, token, MISSING)
+            if node is msgspec.UNSET:
+                return MISSING
+        elif isinstance(node, dict):
             if token not in node:
                 return MISSING
             node = node[token]

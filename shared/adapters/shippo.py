@@ -12,15 +12,18 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
     CarrierAdapter,
     Ignored,
     TrackingUpdate,
     decode_digest,
-    document_object,
     header,
+    reader_for,
     tracking_update,
 )
 from shared.adapters.config import ShippoConfig
@@ -45,6 +48,26 @@ _EVENT = ("event",)
 _TRACKING_NUMBER = ("data", "tracking_number")
 _STATUS = ("data", "tracking_status", "status")
 _STATUS_DATE = ("data", "tracking_status", "status_date")
+
+
+class _TrackingStatus(Struct):
+    status: str | int | UnsetType | None = UNSET
+    status_date: str | UnsetType | None = UNSET
+
+
+class _Tracking(Struct):
+    tracking_number: str | int | UnsetType | None = UNSET
+    tracking_status: _TrackingStatus | UnsetType | None = UNSET
+
+
+class _Webhook(Struct):
+    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
+
+    event: Any = UNSET
+    data: _Tracking | UnsetType | None = UNSET
+
+
+DECODER: Final = msgspec.json.Decoder(_Webhook)
 
 
 def _parse_header(value: str) -> tuple[str | None, list[str]]:
@@ -87,9 +110,13 @@ def verify(
     )
 
 
-def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+def normalise(
+    body: bytes,
+    statuses: Mapping[str, EventType],
+    decoder: msgspec.json.Decoder[Any] | None = DECODER,
+) -> TrackingUpdate | Ignored:
     """A ``track_updated`` as a tracking update; other events (transactions, batches) ignored."""
-    reader = document_object(body)
+    reader = reader_for(body, decoder)
     event = reader.get(_EVENT)
     if isinstance(event, str) and event != "track_updated":
         return Ignored(f"Shippo event {event!r} is not a tracking update")

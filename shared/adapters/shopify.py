@@ -10,15 +10,18 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
     CarrierAdapter,
     Ignored,
     TrackingUpdate,
     decode_digest,
-    document_object,
     header,
+    reader_for,
     tracking_update,
     verify_hmac,
 )
@@ -57,20 +60,38 @@ _HAPPENED_AT = ("happened_at",)
 _ORDER_ID = ("order_id",)
 
 
+class _FulfillmentEvent(Struct):
+    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
+
+    id: str | int | UnsetType | None = UNSET
+    fulfillment_id: str | int | UnsetType | None = UNSET
+    tracking_number: str | int | UnsetType | None = UNSET
+    status: str | int | UnsetType | None = UNSET
+    happened_at: str | UnsetType | None = UNSET
+    order_id: str | int | UnsetType | None = UNSET
+
+
+DECODER: Final = msgspec.json.Decoder(_FulfillmentEvent)
+
+
 def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
     """Accept if ``X-Shopify-Hmac-Sha256`` is the base64 HMAC of ``body`` under any key."""
     offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
     verify_hmac(offered, keys, body, "X-Shopify-Hmac-Sha256")
 
 
-def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate | Ignored:
+def normalise(
+    body: bytes,
+    statuses: Mapping[str, EventType],
+    decoder: msgspec.json.Decoder[Any] | None = DECODER,
+) -> TrackingUpdate | Ignored:
     """A FulfillmentEvent as a tracking update.
 
     A body with neither ``fulfillment_id`` nor ``happened_at`` is another
     topic's payload (an order, a fulfillment) and is ignored: a webhook's topic
     travels in a header, and normalisation must work from the body alone.
     """
-    reader = document_object(body)
+    reader = reader_for(body, decoder)
     if reader.get(_FULFILLMENT_ID) is MISSING and reader.get(_HAPPENED_AT) is MISSING:
         return Ignored("Shopify payload is not a fulfillment event")
     tracking_number = reader.identifier(_TRACKING_NUMBER, required=False)

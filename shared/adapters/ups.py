@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
     CarrierAdapter,
     FieldReader,
     TrackingUpdate,
-    document_object,
     header,
+    reader_for,
     tracking_update,
     verify_token,
 )
@@ -53,6 +56,22 @@ _DATE_FORMAT: Final = re.compile(r"[0-9]{8}")
 _TIME_FORMAT: Final = re.compile(r"[0-9]{6}")
 
 
+class _ActivityStatus(Struct):
+    type: str | int | UnsetType | None = UNSET
+
+
+class _TrackAlert(Struct):
+    """Only the fields the adapter reads (UPS's own camelCase names); the rest is skipped."""
+
+    trackingNumber: str | int | UnsetType | None = UNSET  # noqa: N815
+    activityStatus: _ActivityStatus | UnsetType | None = UNSET  # noqa: N815
+    gmtActivityDate: str | int | UnsetType | None = UNSET  # noqa: N815
+    gmtActivityTime: str | int | UnsetType | None = UNSET  # noqa: N815
+
+
+DECODER: Final = msgspec.json.Decoder(_TrackAlert)
+
+
 def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
     """Accept if the ``credential`` header equals any secret."""
     verify_token(header(headers, CREDENTIAL_HEADER), keys, CREDENTIAL_HEADER)
@@ -75,15 +94,24 @@ def _activity_time(reader: FieldReader) -> datetime | None:
     if len(parts) != 2:
         return None
     try:
-        return datetime.strptime("".join(parts), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        day, time = parts
+        return datetime(
+            int(day[:4]), int(day[4:6]), int(day[6:]),
+            int(time[:2]), int(time[2:4]), int(time[4:]),
+            tzinfo=UTC,
+        )  # fmt: skip
     except ValueError:
         reader.fail(_DATE, "gmtActivityDate and gmtActivityTime are not a calendar time")
         return None
 
 
-def normalise(body: bytes, statuses: Mapping[str, EventType]) -> TrackingUpdate:
+def normalise(
+    body: bytes,
+    statuses: Mapping[str, EventType],
+    decoder: msgspec.json.Decoder[Any] | None = DECODER,
+) -> TrackingUpdate:
     """A Track Alert activity as a tracking update (every Track Alert is one)."""
-    reader = document_object(body)
+    reader = reader_for(body, decoder)
     return tracking_update(
         reader,
         statuses=statuses,

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.adapters import aftership, easypost, shippo, shopify, ups
 from shared.adapters.base import (
     Adapter,
     Canonical,
+    CarrierAdapter,
     Ignored,
     Normalised,
     PayloadError,
@@ -132,3 +134,32 @@ def test_the_fuzzed_adapters_cover_every_kind() -> None:
         "shippo",
         "generic",
     }
+
+
+FAST_PATHS = {m.__name__.rsplit(".", 1)[1]: m for m in (aftership, easypost, shippo, shopify, ups)}
+
+
+@settings(max_examples=300)
+@given(data=st.data())
+def test_the_typed_fast_path_answers_exactly_as_the_untyped_reader(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(sorted(FAST_PATHS)))
+    module = FAST_PATHS[name]
+    carrier = next(c for c in CARRIERS if c.name == name)
+    adapter = adapter_for(carrier.config)
+    assert isinstance(adapter, CarrierAdapter)
+    doc = document(carrier.example)
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        path = data.draw(st.sampled_from(_leaf_paths(doc)[1:]))
+        node: Any = doc
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = data.draw(json_values | st.just("2026-11-22T10:15:00Z"))
+    body = encode(doc)
+
+    def answer(decoder: Any) -> object:
+        try:
+            return module.normalise(body, adapter.statuses, decoder)
+        except PayloadError as exc:
+            return (exc.code, exc.detail, exc.errors)
+
+    assert answer(module.DECODER) == answer(None)
