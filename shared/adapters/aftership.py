@@ -7,29 +7,22 @@ keyed with the webhook secret (AfterShip: Tracking > Settings > Webhooks).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
-    CarrierAdapter,
+    BodyHmacAdapter,
     Ignored,
     TrackingUpdate,
-    decode_digest,
-    header,
     reader_for,
     tracking_update,
-    verify_hmac,
 )
-from shared.adapters.config import AfterShipConfig
 from shared.contracts import EventType
 
-__all__ = ["SIGNATURE_HEADER", "STATUSES", "AfterShipAdapter", "normalise", "verify"]
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "AfterShipAdapter", "normalise"]
 
 SIGNATURE_HEADER: Final = "aftership-hmac-sha256"
 
@@ -78,12 +71,6 @@ class _Webhook(Struct):
 DECODER: Final = msgspec.json.Decoder(_Webhook)
 
 
-def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
-    """Accept if ``aftership-hmac-sha256`` is the base64 HMAC of ``body`` under any key."""
-    offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
-    verify_hmac(offered, keys, body, SIGNATURE_HEADER)
-
-
 def normalise(
     body: bytes,
     statuses: Mapping[str, EventType],
@@ -105,25 +92,12 @@ def normalise(
     )
 
 
-def sign(body: bytes, key: bytes) -> dict[str, str]:
-    """The header AfterShip sends with ``body``."""
-    digest = hmac.digest(key, body, hashlib.sha256)
-    return {SIGNATURE_HEADER: base64.b64encode(digest).decode()}
-
-
-class AfterShipAdapter(CarrierAdapter):
+class AfterShipAdapter(BodyHmacAdapter):
     kind: ClassVar[str] = "aftership"
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    HEADER: ClassVar[str] = SIGNATURE_HEADER
+    ENCODING: ClassVar[str] = "base64"
     __slots__ = ()
-
-    def __init__(self, config: AfterShipConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
-
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify(body, headers, self._keys)
 
     def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
         return normalise(body, self.statuses)
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign(body, self._keys[key_index])

@@ -42,6 +42,7 @@ from shared.signing import SignatureError
 
 __all__ = [
     "Adapter",
+    "BodyHmacAdapter",
     "Canonical",
     "CarrierAdapter",
     "Ignored",
@@ -297,6 +298,32 @@ def verify_hmac(offered: bytes | None, keys: Sequence[bytes], message: bytes, na
     raise SignatureError(ProblemCode.SIGNATURE_INVALID, f"the {name} header does not match")
 
 
+def verify_body_hmac(
+    body: bytes,
+    headers: Mapping[str, str],
+    keys: Sequence[bytes],
+    *,
+    header_name: str,
+    encoding: str,
+    prefix: str = "",
+) -> None:
+    """Accept if ``header_name`` carries ``prefix`` + the HMAC-SHA256 of the raw body, encoded."""
+    value = header(headers, header_name)
+    offered = None
+    if value.startswith(prefix):
+        offered = decode_digest(value.removeprefix(prefix), encoding)
+    verify_hmac(offered, keys, body, header_name)
+
+
+def sign_body_hmac(
+    body: bytes, key: bytes, *, header_name: str, encoding: str, prefix: str = ""
+) -> dict[str, str]:
+    """The header a carrier signing the raw body this way sends."""
+    digest = hmac.digest(key, body, hashlib.sha256)
+    text = digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
+    return {header_name: prefix + text}
+
+
 def verify_token(value: str, keys: Sequence[bytes], name: str) -> None:
     """Accept if the header's value equals any secret, compared in constant time.
 
@@ -350,3 +377,33 @@ class CarrierAdapter(Adapter):
             **self.STATUSES,
             **{status: event_type_of(name) for status, name in config.statuses.items()},
         }
+
+
+class BodyHmacAdapter(CarrierAdapter):
+    """A carrier that sends ``PREFIX`` + HMAC-SHA256(secret, raw body) in one header."""
+
+    HEADER: ClassVar[str]
+    """Lower-case name of the signature header."""
+    ENCODING: ClassVar[str]
+    """``hex`` or ``base64``."""
+    PREFIX: ClassVar[str] = ""
+    __slots__ = ()
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
+        verify_body_hmac(
+            body,
+            headers,
+            self._keys,
+            header_name=self.HEADER,
+            encoding=self.ENCODING,
+            prefix=self.PREFIX,
+        )
+
+    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
+        return sign_body_hmac(
+            body,
+            self._keys[key_index],
+            header_name=self.HEADER,
+            encoding=self.ENCODING,
+            prefix=self.PREFIX,
+        )

@@ -7,29 +7,23 @@ client libraries do). The Event's ``result`` is a Tracker.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
-    CarrierAdapter,
+    BodyHmacAdapter,
     Ignored,
     TrackingUpdate,
-    decode_digest,
-    header,
     reader_for,
     tracking_update,
-    verify_hmac,
 )
-from shared.adapters.config import EasyPostConfig
 from shared.contracts import EventType
 
-__all__ = ["SIGNATURE_HEADER", "STATUSES", "EasyPostAdapter", "normalise", "verify"]
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "EasyPostAdapter", "normalise"]
 
 SIGNATURE_HEADER: Final = "x-hmac-signature"
 _PREFIX: Final = "hmac-sha256-hex="
@@ -82,15 +76,6 @@ def key_of(secret: str) -> bytes:
     return unicodedata.normalize("NFKD", secret).encode()
 
 
-def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
-    """Accept if ``X-Hmac-Signature`` is the HMAC of ``body`` under any key."""
-    value = header(headers, SIGNATURE_HEADER)
-    offered = (
-        decode_digest(value.removeprefix(_PREFIX), "hex") if value.startswith(_PREFIX) else None
-    )
-    verify_hmac(offered, keys, body, "X-Hmac-Signature")
-
-
 def normalise(
     body: bytes,
     statuses: Mapping[str, EventType],
@@ -111,28 +96,17 @@ def normalise(
     )
 
 
-def sign(body: bytes, key: bytes) -> dict[str, str]:
-    """The header EasyPost sends with ``body``."""
-    return {SIGNATURE_HEADER: _PREFIX + hmac.digest(key, body, hashlib.sha256).hex()}
-
-
-class EasyPostAdapter(CarrierAdapter):
+class EasyPostAdapter(BodyHmacAdapter):
     kind: ClassVar[str] = "easypost"
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    HEADER: ClassVar[str] = SIGNATURE_HEADER
+    ENCODING: ClassVar[str] = "hex"
+    PREFIX: ClassVar[str] = _PREFIX
     __slots__ = ()
-
-    def __init__(self, config: EasyPostConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
 
     @staticmethod
     def key_of(secret: str) -> bytes:
         return key_of(secret)
 
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify(body, headers, self._keys)
-
     def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
         return normalise(body, self.statuses)
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign(body, self._keys[key_index])

@@ -8,20 +8,17 @@ Pointers, and ``statuses`` is the whole vocabulary. No request is ignored.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 
 from shared.adapters.base import (
     CarrierAdapter,
     TrackingUpdate,
-    decode_digest,
     document_object,
     header,
+    sign_body_hmac,
     tracking_update,
-    verify_hmac,
+    verify_body_hmac,
     verify_token,
 )
 from shared.adapters.config import FieldPaths, GenericConfig, SignatureRule
@@ -54,16 +51,12 @@ def verify(
     body: bytes, headers: Mapping[str, str], keys: Sequence[bytes], rule: SignatureRule
 ) -> None:
     """Accept if the rule's header carries the body's HMAC, or a secret, under any key."""
-    value = header(headers, rule.header)
     if rule.kind == "token":
-        verify_token(value, keys, rule.header)
+        verify_token(header(headers, rule.header), keys, rule.header)
         return
-    offered = (
-        decode_digest(value.removeprefix(rule.prefix), rule.encoding)
-        if value.startswith(rule.prefix)
-        else None
+    verify_body_hmac(
+        body, headers, keys, header_name=rule.header, encoding=rule.encoding, prefix=rule.prefix
     )
-    verify_hmac(offered, keys, body, rule.header)
 
 
 def normalise(body: bytes, statuses: Mapping[str, EventType], paths: Paths) -> TrackingUpdate:
@@ -86,9 +79,9 @@ def sign(body: bytes, key: bytes, rule: SignatureRule) -> dict[str, str]:
     """The header a carrier following ``rule`` sends with ``body``."""
     if rule.kind == "token":
         return {rule.header: key.decode()}
-    digest = hmac.digest(key, body, hashlib.sha256)
-    text = digest.hex() if rule.encoding == "hex" else base64.b64encode(digest).decode()
-    return {rule.header: rule.prefix + text}
+    return sign_body_hmac(
+        body, key, header_name=rule.header, encoding=rule.encoding, prefix=rule.prefix
+    )
 
 
 class GenericAdapter(CarrierAdapter):

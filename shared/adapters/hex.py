@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from shared.adapters.base import Adapter, Canonical
-from shared.adapters.config import HexConfig
 from shared.adapters.standard import normalise_canonical
 from shared.signing import HEX_HEADER, sign_hex, verify_hex
 
@@ -18,9 +17,6 @@ class HexAdapter(Adapter):
 
     kind: ClassVar[str] = "hex"
     __slots__ = ()
-
-    def __init__(self, config: HexConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify_hex(self._keys, headers, body)

@@ -26,7 +26,6 @@ from shared.adapters.base import (
     reader_for,
     tracking_update,
 )
-from shared.adapters.config import ShippoConfig
 from shared.contracts import EventType, ProblemCode
 from shared.signing import SignatureError
 
@@ -140,9 +139,6 @@ class ShippoAdapter(CarrierAdapter):
     kind: ClassVar[str] = "shippo"
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
     __slots__ = ()
-
-    def __init__(self, config: ShippoConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify(body, headers, self._keys, now=now, tolerance_s=self._tolerance_s)

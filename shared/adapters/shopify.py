@@ -6,30 +6,23 @@ with the app's client secret. Shopify ids are integers; they become text.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from shared.adapters.base import (
-    CarrierAdapter,
+    BodyHmacAdapter,
     Ignored,
     TrackingUpdate,
-    decode_digest,
-    header,
     reader_for,
     tracking_update,
-    verify_hmac,
 )
-from shared.adapters.config import ShopifyConfig
 from shared.adapters.pointer import MISSING
 from shared.contracts import EventType
 
-__all__ = ["SIGNATURE_HEADER", "STATUSES", "ShopifyAdapter", "normalise", "verify"]
+__all__ = ["SIGNATURE_HEADER", "STATUSES", "ShopifyAdapter", "normalise"]
 
 SIGNATURE_HEADER: Final = "x-shopify-hmac-sha256"
 
@@ -74,12 +67,6 @@ class _FulfillmentEvent(Struct):
 DECODER: Final = msgspec.json.Decoder(_FulfillmentEvent)
 
 
-def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
-    """Accept if ``X-Shopify-Hmac-Sha256`` is the base64 HMAC of ``body`` under any key."""
-    offered = decode_digest(header(headers, SIGNATURE_HEADER), "base64")
-    verify_hmac(offered, keys, body, "X-Shopify-Hmac-Sha256")
-
-
 def normalise(
     body: bytes,
     statuses: Mapping[str, EventType],
@@ -108,25 +95,12 @@ def normalise(
     )
 
 
-def sign(body: bytes, key: bytes) -> dict[str, str]:
-    """The header Shopify sends with ``body``."""
-    digest = hmac.digest(key, body, hashlib.sha256)
-    return {SIGNATURE_HEADER: base64.b64encode(digest).decode()}
-
-
-class ShopifyAdapter(CarrierAdapter):
+class ShopifyAdapter(BodyHmacAdapter):
     kind: ClassVar[str] = "shopify"
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
+    HEADER: ClassVar[str] = SIGNATURE_HEADER
+    ENCODING: ClassVar[str] = "base64"
     __slots__ = ()
-
-    def __init__(self, config: ShopifyConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
-
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify(body, headers, self._keys)
 
     def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
         return normalise(body, self.statuses)
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign(body, self._keys[key_index])

@@ -15,7 +15,6 @@ from typing import ClassVar, Final
 import msgspec
 
 from shared.adapters.base import Adapter, Canonical, PayloadError
-from shared.adapters.config import StandardConfig
 from shared.contracts import FieldError, ProblemCode, decode_event
 from shared.settings import decode_secret
 from shared.signing import sign, verify_standard
@@ -70,9 +69,6 @@ class StandardAdapter(Adapter):
 
     kind: ClassVar[str] = "standard"
     __slots__ = ()
-
-    def __init__(self, config: StandardConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
 
     @staticmethod
     def key_of(secret: str) -> bytes:

@@ -25,7 +25,6 @@ from shared.adapters.base import (
     tracking_update,
     verify_token,
 )
-from shared.adapters.config import UpsConfig
 from shared.adapters.pointer import MISSING
 from shared.contracts import EventType
 
@@ -130,9 +129,6 @@ class UpsAdapter(CarrierAdapter):
     kind: ClassVar[str] = "ups"
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
     __slots__ = ()
-
-    def __init__(self, config: UpsConfig, *, tolerance_s: int) -> None:
-        super().__init__(config, tolerance_s=tolerance_s)
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify(body, headers, self._keys)
