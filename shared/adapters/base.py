@@ -202,17 +202,17 @@ class FieldReader:
 
 
 def parse_instant(value: object, *, unix_seconds: bool = False) -> datetime | None:
-    """``value`` as an aware datetime, or ``None`` if it is not a time with an offset."""
-    if isinstance(value, str):
-        try:
-            return msgspec.convert(value, _AwareDatetime)
-        except msgspec.ValidationError:
-            return None
-    if unix_seconds and isinstance(value, int | float) and not isinstance(value, bool):
-        try:
+    """``value`` as a UTC datetime, or ``None`` if it is not a time with an offset.
+
+    A time whose UTC instant falls outside the years 1..9999 is no time either.
+    """
+    try:
+        if isinstance(value, str):
+            return msgspec.convert(value, _AwareDatetime).astimezone(UTC)
+        if unix_seconds and isinstance(value, int | float) and not isinstance(value, bool):
             return datetime.fromtimestamp(value, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+    except (msgspec.ValidationError, OverflowError, OSError, ValueError):
+        return None
     return None
 
 

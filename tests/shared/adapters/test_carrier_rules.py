@@ -372,3 +372,24 @@ def test_built_in_vocabulary_covers_the_spec_table(name: str) -> None:
     for status, event_type in SPEC_VOCABULARIES[name].items():
         body = encode(set_path(doc, carrier.status_path, status))
         assert update_of(carrier.config, body).event_type is event_type, status
+
+
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "2026-02-30T10:00:00Z"]
+)
+def test_a_time_outside_the_calendar_is_named_as_invalid(when: str) -> None:
+    path = ("data", "tracking_status", "status_date")
+    doc = set_path(document("shippo_track_updated.json"), path, when)
+
+    with pytest.raises(PayloadError) as raised:
+        adapter_for(BY_NAME["shippo"].config).normalise(encode(doc))
+    assert pointers(raised) == ["/data/tracking_status/status_date"]
+
+
+@pytest.mark.parametrize("seconds", [1e300, -1e20, float(2**63)])
+def test_unix_seconds_outside_the_calendar_are_named_as_invalid(seconds: float) -> None:
+    doc = set_path(document("dhl_style.json"), ("events", 0, "timestamp"), seconds)
+
+    with pytest.raises(PayloadError) as raised:
+        adapter_for(BY_NAME["generic-dhl-style"].config).normalise(encode(doc))
+    assert pointers(raised) == ["/events/0/timestamp"]

@@ -32,8 +32,14 @@ HEADER_NAMES = sorted(
     | {c.header for c in CARRIERS}
 )
 
+times = st.datetimes(timezones=st.timezones()).map(lambda t: t.isoformat())
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | times,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
