@@ -167,12 +167,8 @@ class FieldReader:
             return None
         parsed = parse_instant(value, unix_seconds=unix_seconds)
         if parsed is None:
-            accepted = (
-                "an RFC 3339 time with offset or Unix seconds"
-                if unix_seconds
-                else ("an RFC 3339 time with offset")
-            )
-            self.fail(pointer, f"must be {accepted}")
+            with_seconds = " or Unix seconds" if unix_seconds else ""
+            self.fail(pointer, f"must be an RFC 3339 time with offset{with_seconds}")
         return parsed
 
     def newest(self, items: Pointer, field: Pointer, fallback: Pointer) -> datetime | None:
@@ -196,7 +192,7 @@ class FieldReader:
         if self.errors:
             raise PayloadError(
                 ProblemCode.VALIDATION_FAILED,
-                "the body is a tracking update missing required fields",
+                "the body is a tracking update with missing or invalid fields",
                 self.errors,
             )
 
@@ -352,6 +348,11 @@ class Adapter(abc.ABC):
         """The HMAC key (or token bytes) of one configured secret."""
         return secret.encode()
 
+    @property
+    @abc.abstractmethod
+    def header_names(self) -> tuple[str, ...]:
+        """The lower-case names of the headers :meth:`verify` reads (for header filtering)."""
+
     @abc.abstractmethod
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         """Return if the request is signed by this source; raise ``SignatureError`` if not."""
@@ -388,6 +389,10 @@ class BodyHmacAdapter(CarrierAdapter):
     """``hex`` or ``base64``."""
     PREFIX: ClassVar[str] = ""
     __slots__ = ()
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (self.HEADER,)
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify_body_hmac(

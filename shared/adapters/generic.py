@@ -94,6 +94,10 @@ class GenericAdapter(CarrierAdapter):
         self._rule = config.signature
         self._paths = Paths(config.fields)
 
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (self._rule.header,)
+
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify(body, headers, self._keys, self._rule)
 

@@ -18,6 +18,10 @@ class HexAdapter(Adapter):
     kind: ClassVar[str] = "hex"
     __slots__ = ()
 
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (HEX_HEADER,)
+
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify_hex(self._keys, headers, body)
 

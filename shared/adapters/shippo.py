@@ -140,6 +140,10 @@ class ShippoAdapter(CarrierAdapter):
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
     __slots__ = ()
 
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (SIGNATURE_HEADER,)
+
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify(body, headers, self._keys, now=now, tolerance_s=self._tolerance_s)
 

@@ -17,7 +17,7 @@ import msgspec
 from shared.adapters.base import Adapter, Canonical, PayloadError
 from shared.contracts import FieldError, ProblemCode, decode_event
 from shared.settings import decode_secret
-from shared.signing import sign, verify_standard
+from shared.signing import STANDARD_HEADERS, sign, verify_standard
 
 __all__ = ["StandardAdapter", "normalise_canonical"]
 
@@ -73,6 +73,10 @@ class StandardAdapter(Adapter):
     @staticmethod
     def key_of(secret: str) -> bytes:
         return decode_secret(secret)
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return STANDARD_HEADERS
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify_standard(self._keys, headers, body, now=now, tolerance_s=self._tolerance_s)

@@ -130,6 +130,10 @@ class UpsAdapter(CarrierAdapter):
     STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
     __slots__ = ()
 
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (CREDENTIAL_HEADER,)
+
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
         verify(body, headers, self._keys)
 

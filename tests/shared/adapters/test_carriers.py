@@ -242,3 +242,13 @@ def test_only_the_adapters_without_a_carrier_id_derive_one() -> None:
         "shippo",
         "generic-dhl-style",
     }
+
+
+@carriers
+def test_the_adapter_names_the_headers_it_reads(carrier: Carrier) -> None:
+    body = payload(carrier.example)
+    adapter = adapter_for(carrier.config)
+    sent = carrier.sign(body, SECRET, NOW)
+
+    assert carrier.header in adapter.header_names
+    adapter.verify(body, {name: sent[name] for name in adapter.header_names}, now=NOW)
