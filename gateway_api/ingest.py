@@ -224,10 +224,12 @@ async def ingest_event(request: Request[Any, Any, Any]) -> JsonAnswer:
 
     key = idempotency_key(source, event.event_id)
     request_id = request_id_of(scope)
+    # The body travels byte-exact (docs/contract.md §4.4); the worker decodes it again.
     job = QueuedEvent(
         idempotency_key=key,
         source=source,
-        event=event,
+        event_id=event.event_id,
+        body=body,
         request_id=request_id,
         received_at_ms=int(time.time() * 1000),
     )

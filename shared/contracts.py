@@ -2,7 +2,8 @@
 
 * :class:`CourierEvent` — the body a courier POSTs (SPEC §3.1), validated by
   msgspec while it is decoded.
-* :class:`QueuedEvent` — the job argument the API enqueues and a worker runs.
+* :class:`QueuedEvent` — the job argument the API enqueues and a worker runs:
+  the courier's body byte-exact, never re-encoded (``docs/contract.md §4.4``).
 * :class:`ProblemCode` — the stable machine codes of ``application/problem+json``
   answers.
 """
@@ -90,18 +91,37 @@ class ReplayRef(Struct, frozen=True):
 
 
 class QueuedEvent(Struct, frozen=True, kw_only=True):
-    """The single argument of the ``process_event`` job.
+    """The single argument of the ``process_event`` job, and what a dead letter keeps.
 
-    ``received_at_ms`` is when the API accepted the event; ``request_id`` ties the
-    worker's log lines to the courier's request.
+    ``body`` is the request body exactly as the courier sent it (MessagePack
+    ``bin`` in the job, a string in the dead letter): courier data is opaque
+    (``docs/contract.md §4.4``), so nothing the courier put in ``data`` is
+    re-encoded on its way through the queue and the store. The API validated
+    it at ingest; the worker decodes it again (:meth:`decode`). ``event_id``
+    (with ``idempotency_key``) is what the API derived from it, so a body the
+    worker can no longer decode is still recorded under its key.
+
+    ``received_at_ms`` is when the API accepted the event; ``request_id`` ties
+    the worker's log lines to the courier's request. A carrier adapter's name
+    (``docs/contract.md §3.4``) would travel here too, naming how ``body`` is read.
     """
 
     idempotency_key: str
     source: str
-    event: CourierEvent
+    event_id: str
+    body: bytes
     request_id: str
     received_at_ms: int
     replay: ReplayRef | None = None
+
+    def decode(self) -> CourierEvent:
+        """The courier event in ``body``; raises as :func:`decode_event` does."""
+        return decode_event(self.body)
+
+    @property
+    def event(self) -> CourierEvent:
+        """:meth:`decode` as a property (decodes on every access: keep the result)."""
+        return decode_event(self.body)
 
 
 class ProblemCode(enum.StrEnum):

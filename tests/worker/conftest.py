@@ -83,7 +83,8 @@ def make_event(
     return QueuedEvent(
         idempotency_key=f"{source}:{event_id}",
         source=source,
-        event=event,
+        event_id=event_id,
+        body=msgspec.json.encode(event),
         request_id=f"req_{event_id}",
         received_at_ms=int(time.time() * 1000),
         replay=replay,
