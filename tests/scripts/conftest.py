@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
-import msgspec
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
@@ -110,12 +109,9 @@ async def write_letter(
         attempt=1, at=at, code=code, message=f"{code} happened", transient=True, duration_ms=3
     )
     await DeadLetters(db).dead_letter(
-        queued.idempotency_key,
-        source=source,
-        event_id=event_id,
+        queued,
         shipment_id=queued.event.shipment.id,
-        event=msgspec.to_builtins(queued.event),
-        request_id=queued.request_id,
+        event_type=event_type.value,
         reason=reason,
         code=code,
         message=f"{code} happened",

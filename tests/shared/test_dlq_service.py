@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -274,7 +275,8 @@ async def test_show_has_the_event_every_attempt_every_replay_and_the_key_record(
         "downstream_unavailable",
     )
     assert detail.event is not None
-    assert (detail.event["event_id"], detail.event["shipment"]["id"]) == ("evt_1", "shp_evt_1")
+    event = json.loads(detail.event)
+    assert (event["event_id"], event["shipment"]["id"]) == ("evt_1", "shp_evt_1")
     assert detail.request_id == "req_evt_1"
     assert [a.attempt for a in detail.attempts] == [1, 2, 1, 2]
     assert all(a.code == "downstream_unavailable" and a.transient for a in detail.attempts)
