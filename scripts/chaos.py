@@ -54,6 +54,7 @@ import click
 import msgspec
 from msgspec import Struct
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -81,7 +82,6 @@ from scripts.stack import Stack, StackOptions
 from scripts.tcp_proxy import OutageMode
 from shared.queue import deserialize
 from shared.signing import generate_secret
-from shared.storage.errors import StorageError
 from shared.storage.mongo import (
     DEAD_LETTER_EVENTS,
     PROCESSED_EVENTS,
@@ -536,7 +536,8 @@ class _Run:
                     done = await collection.count_documents(
                         {"status": {"$in": ["succeeded", "dead_lettered"]}}
                     )
-                except StorageError:
+                except PyMongoError:
+                    # A raw PyMongo call: its errors are PyMongo's, not shared.storage's.
                     done = 0
                 if done >= accepted or empty >= 3:
                     return True, elapsed
