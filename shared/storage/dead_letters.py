@@ -252,54 +252,35 @@ class DeadLetters:
         body (:class:`DocumentNotStorable`, e.g. too large), the dead letter is
         written once more without the body, saying why in ``event_omitted``.
         """
-        try:
-            await self._write(queued, shipment_id, event_type, reason, code, message, attempts, now)
-        except DocumentNotStorable as exc:
-            await self._write(
-                queued, shipment_id, event_type, reason, code, message, attempts, now, omitted=exc
-            )
-
-    async def _write(
-        self,
-        queued: QueuedEvent,
-        shipment_id: str | None,
-        event_type: str | None,
-        reason: DeadLetterReason,
-        code: str,
-        message: str,
-        attempts: Sequence[AttemptRecord],
-        now: datetime,
-        *,
-        omitted: DocumentNotStorable | None = None,
-    ) -> None:
         key = queued.idempotency_key
-        with translate_errors("dead_letter"):
-            await self._collection.update_one(
-                {"_id": key},
-                {
-                    "$setOnInsert": {"idempotency_key": key, "replays": [], "created_at": now},
-                    "$set": {
-                        "source": queued.source,
-                        "event_id": queued.event_id,
-                        "shipment_id": shipment_id,
-                        "event_type": event_type,
-                        "event": None if omitted is not None else _stored_body(queued.body),
-                        "event_omitted": None if omitted is None else str(omitted)[:500],
-                        "request_id": queued.request_id,
-                        "received_at_ms": queued.received_at_ms,
-                        "reason": reason.value,
-                        "error": {"code": code, "message": message},
-                        "dead_lettered_at": now,
-                        "status": DeadLetterStatus.PENDING.value,
-                        "updated_at": now,
-                    },
-                    "$addToSet": {
-                        "attempts": {"$each": [a.to_dead_letter_document() for a in attempts]}
-                    },
-                    "$unset": {"discard_reason": ""},
-                },
-                upsert=True,
-            )
+        fields: Document = {
+            "source": queued.source,
+            "event_id": queued.event_id,
+            "shipment_id": shipment_id,
+            "event_type": event_type,
+            "event": _stored_body(queued.body),
+            "event_omitted": None,
+            "request_id": queued.request_id,
+            "received_at_ms": queued.received_at_ms,
+            "reason": reason.value,
+            "error": {"code": code, "message": message},
+            "dead_lettered_at": now,
+            "status": DeadLetterStatus.PENDING.value,
+            "updated_at": now,
+        }
+        update: Document = {
+            "$setOnInsert": {"idempotency_key": key, "replays": [], "created_at": now},
+            "$set": fields,
+            "$addToSet": {"attempts": {"$each": [a.to_dead_letter_document() for a in attempts]}},
+            "$unset": {"discard_reason": ""},
+        }
+        try:
+            with translate_errors("dead_letter"):
+                await self._collection.update_one({"_id": key}, update, upsert=True)
+        except DocumentNotStorable as refused:
+            fields.update(event=None, event_omitted=str(refused)[:500])
+            with translate_errors("dead_letter"):
+                await self._collection.update_one({"_id": key}, update, upsert=True)
 
     async def record_replay_outcome(
         self,

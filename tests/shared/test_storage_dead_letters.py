@@ -110,3 +110,50 @@ async def test_replay_outcome_lands_in_the_entry_of_its_job(
     assert not await dead_letters.record_replay_outcome(
         KEY, job_id="nope", outcome=ReplayOutcome.DUPLICATE, key_succeeded=True, now=T0
     )
+
+
+async def test_a_body_the_store_refuses_is_dead_lettered_without_it_saying_why(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    # Over MongoDB's 16 MiB document limit: the driver refuses to send it.
+    body = b'{"data": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    dead_letters = DeadLetters(mongo_db)
+    await dead_letters.dead_letter(
+        queued(body),
+        shipment_id=None,
+        event_type=None,
+        reason=DeadLetterReason.PERMANENT,
+        code="undecodable_payload",
+        message="too big",
+        attempts=[failure(1)],
+        now=T0,
+    )
+    letter = await dead_letters.get(KEY)
+    assert letter is not None
+    assert (letter.status, letter.error.code, letter.body) == (
+        "pending",
+        "undecodable_payload",
+        None,
+    )
+    assert letter.event_omitted is not None
+    assert "dead_letter" in letter.event_omitted
+
+
+async def test_a_body_that_is_not_utf8_is_kept_as_binary_byte_exact(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    body = b'{"data": "\xff\xfe"}'
+    dead_letters = DeadLetters(mongo_db)
+    await dead_letters.dead_letter(
+        queued(body),
+        shipment_id=None,
+        event_type=None,
+        reason=DeadLetterReason.PERMANENT,
+        code="undecodable_payload",
+        message="not UTF-8",
+        attempts=[failure(1)],
+        now=T0,
+    )
+    letter = await dead_letters.get(KEY)
+    assert letter is not None
+    assert letter.body == body
