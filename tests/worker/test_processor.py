@@ -230,6 +230,7 @@ async def test_rejected_event_is_dead_lettered_after_one_attempt_without_deliver
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
     record = await ProcessedEvents(mongo_db).get("acme:evt_2")
     assert record is not None
+    assert record.last_error is not None
     assert (record.status, record.attempts, record.last_error.code) == (
         "dead_lettered",
         1,
@@ -371,6 +372,7 @@ async def test_steps_past_the_job_deadline_are_a_counted_transient_failure(
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
     assert (record.status, record.attempts) == ("retrying", 1)
+    assert record.last_error is not None
     assert record.last_error.code == "job_timeout"
 
 
