@@ -19,6 +19,7 @@ was taken over cannot overwrite its successor's outcome.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -304,14 +305,13 @@ class ProcessedEvents:
         """The key's document, or ``None``."""
         with translate_errors("get"):
             document = await self._collection.find_one({"_id": key})
-        if document is None:
-            return None
-        try:
-            return msgspec.convert(document, ProcessedEvent)
-        except msgspec.ValidationError as exc:
-            raise StoreRejected(
-                f"processed event {key!r} does not have the expected shape: {exc}"
-            ) from exc
+        return None if document is None else _typed(document)
+
+    async def scan(self) -> AsyncIterator[ProcessedEvent]:
+        """Every document, in no particular order (for the proof tooling's reports)."""
+        with translate_errors("scan"):
+            async for document in self._collection.find({}):
+                yield _typed(document)
 
     async def status(self, key: str) -> EventStatus | None:
         """The key's status (one small read), or ``None`` if the key is unknown."""
@@ -320,6 +320,15 @@ class ProcessedEvents:
         if document is None or document.get("status") is None:
             return None
         return EventStatus(document["status"])
+
+
+def _typed(document: Document) -> ProcessedEvent:
+    try:
+        return msgspec.convert(document, ProcessedEvent)
+    except msgspec.ValidationError as exc:
+        raise StoreRejected(
+            f"processed event {document.get('_id')!r} does not have the expected shape: {exc}"
+        ) from exc
 
 
 def _claim_pipeline(

@@ -146,3 +146,16 @@ async def test_concurrent_claims_of_one_key_lease_it_exactly_once(
     )
     assert sum(isinstance(r, Claimed) for r in results) == 1
     assert all(isinstance(r, Claimed | Leased) for r in results)
+
+
+async def test_scan_returns_every_document_typed(mongo_db: AsyncDatabase[Document]) -> None:
+    events = ProcessedEvents(mongo_db)
+    await claim(events)
+    await events.mark_succeeded(KEY, token="t1", now=T0)
+    await mongo_db[PROCESSED_EVENTS].insert_one({"_id": "acme:evt_2", "status": "retrying"})
+    scanned = {record.key: record async for record in events.scan()}
+    assert {key: record.status for key, record in scanned.items()} == {
+        KEY: EventStatus.SUCCEEDED,
+        "acme:evt_2": EventStatus.RETRYING,
+    }
+    assert scanned[KEY].completed_at == T0
