@@ -41,27 +41,24 @@ from typing import Annotated, Any, Final
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import ClientException, NotFoundException, ValidationException
+from litestar.exceptions import NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from msgspec import Meta, Struct
 
-from gateway_api.problems import RETRY_AFTER_S, ProblemError, handle_exception
+from gateway_api.problems import ProblemError
 from gateway_api.resources import ApiResources
 from shared.contracts import ProblemCode
 from shared.dlq import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
     DeadLetterDetail,
-    DeadLetterError,
     DeadLetterFilter,
-    DeadLetterNotFound,
     DeadLetterReason,
     DeadLetterService,
     DeadLetterStatus,
     DiscardResult,
-    EventNotFound,
     EventRecord,
     InvalidRequest,
     Pacer,
@@ -71,7 +68,6 @@ from shared.dlq import (
     ReplaySummary,
     parse_time,
 )
-from shared.storage.errors import StorageError, StoreUnavailable
 
 __all__ = [
     "ADMIN_PATH",
@@ -298,42 +294,6 @@ async def discard_one(
     return await service.discard(idempotency_key, by=body.by, reason=body.reason)
 
 
-def handle_admin_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Map the dead-letter service's errors to problems, rendered by the app's one handler."""
-    return handle_exception(request, _to_problem(exc))
-
-
-def _to_problem(exc: Exception) -> Exception:
-    match exc:
-        case ValidationException(extra=list(problems)) if problems:
-            details = "; ".join(_validation_detail(p) for p in problems)
-            return ProblemError(ProblemCode.BAD_REQUEST, details)
-        case ClientException(status_code=400):
-            return ProblemError(ProblemCode.BAD_REQUEST, f"body is not valid JSON: {exc.detail}")
-        case DeadLetterNotFound() | EventNotFound():
-            return ProblemError(ProblemCode.NOT_FOUND, exc.detail)
-        case InvalidRequest():
-            return ProblemError(ProblemCode.BAD_REQUEST, exc.detail)
-        case DeadLetterError():  # NotReplayable, NotDiscardable
-            return ProblemError(ProblemCode.CONFLICT, exc.detail)
-        case StoreUnavailable():
-            return ProblemError(
-                ProblemCode.STORE_UNAVAILABLE,
-                "MongoDB is unavailable; retry later (repeating a replay or discard is safe)",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-    return exc
-
-
-def _validation_detail(problem: Any) -> str:
-    if not isinstance(problem, dict):
-        return str(problem)
-    where = problem.get("source", "request")
-    key = problem.get("key")
-    named = f"{where}.{key}" if key and key != "data" else where
-    return f"{named}: {problem.get('message')}"
-
-
 def admin_router() -> Router:
     """The ``/v1/admin`` router, guarded by :func:`require_admin_token`."""
     return Router(
@@ -348,10 +308,5 @@ def admin_router() -> Router:
         ],
         guards=[require_admin_token],
         dependencies={"service": Provide(_provide_service)},
-        exception_handlers={
-            DeadLetterError: handle_admin_error,
-            StorageError: handle_admin_error,
-            ClientException: handle_admin_error,
-        },
         tags=["admin"],
     )

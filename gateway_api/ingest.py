@@ -31,7 +31,9 @@ from shared.contracts import (
     FieldError,
     ProblemCode,
     QueuedEvent,
+    TooDeeplyNested,
     decode_event,
+    event_field_errors,
     idempotency_key,
 )
 
@@ -48,6 +50,7 @@ _encoder = msgspec.json.Encoder()
 _AT_PATH: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
 # msgspec: "Object missing required field `id`"
 _MISSING_FIELD: Final = re.compile(r"^Object missing required field `(?P<field>.+)`$")
+_NOT_DECODED: Final[Any] = object()
 
 
 _USED_HEADERS: Final = frozenset(
@@ -148,12 +151,16 @@ def _is_json(content_type: str | None) -> bool:
     return content_type.partition(";")[0].strip().lower() == _JSON
 
 
-def validation_errors(exc: msgspec.ValidationError) -> list[FieldError]:
-    """The 422 ``errors`` list: msgspec's first error with its path in dotted form.
+def validation_errors(
+    exc: msgspec.ValidationError, document: Any = _NOT_DECODED
+) -> list[FieldError]:
+    """The 422 ``errors`` list: msgspec's first error, then every other invalid field.
 
-    ``$.shipment.id`` becomes ``shipment.id``, ``$.data.items[0]`` becomes
-    ``data.items[0]``; a missing field is named by its own path; an error about
-    the whole body has the field ``""``.
+    Paths are dotted: ``$.shipment.id`` becomes ``shipment.id``,
+    ``$.data.items[0]`` becomes ``data.items[0]``; a missing field is named by
+    its own path; an error about the whole body has the field ``""``. With the
+    decoded JSON ``document``, a second pass (:func:`event_field_errors`, on
+    this error path only) adds the fields msgspec did not reach.
     """
     message = str(exc)
     path = ""
@@ -161,21 +168,32 @@ def validation_errors(exc: msgspec.ValidationError) -> list[FieldError]:
         message, path = matched["message"], matched["path"].removeprefix(".")
     if missing := _MISSING_FIELD.match(message):
         path = f"{path}.{missing['field']}" if path else missing["field"]
-    return [FieldError(field=path, message=message)]
+    first = FieldError(field=path, message=message)
+    if document is _NOT_DECODED:
+        return [first]
+    rest = [error for error in event_field_errors(document) if error.field != path]
+    return [first, *rest]
 
 
 def _invalid_body(body: bytes, exc: msgspec.DecodeError) -> ProblemError:
+    if isinstance(exc, TooDeeplyNested):
+        # A parser limit, like the body size: the courier learns it at once.
+        return ProblemError(
+            ProblemCode.VALIDATION_FAILED,
+            "the body is JSON but nests too deeply to be read",
+            errors=[FieldError(field="", message=str(exc))],
+        )
     if isinstance(exc, msgspec.ValidationError):
         # The typed decode stops at the first schema error; the rest of the body
         # may still be malformed, and JSON errors outrank schema errors.
         try:
-            msgspec.json.decode(body)
+            document = msgspec.json.decode(body)
         except msgspec.DecodeError as malformed:
             return ProblemError(ProblemCode.MALFORMED_JSON, f"the body is not JSON: {malformed}")
         return ProblemError(
             ProblemCode.VALIDATION_FAILED,
             "the body is JSON but not a valid courier event",
-            errors=validation_errors(exc),
+            errors=validation_errors(exc, document),
         )
     return ProblemError(ProblemCode.MALFORMED_JSON, f"the body is not JSON: {exc}")
 
@@ -224,10 +242,12 @@ async def ingest_event(request: Request[Any, Any, Any]) -> JsonAnswer:
 
     key = idempotency_key(source, event.event_id)
     request_id = request_id_of(scope)
+    # The body travels byte-exact (docs/contract.md §4.4); the worker decodes it again.
     job = QueuedEvent(
         idempotency_key=key,
         source=source,
-        event=event,
+        event_id=event.event_id,
+        body=body,
         request_id=request_id,
         received_at_ms=int(time.time() * 1000),
     )

@@ -7,8 +7,12 @@ maps
 * :class:`ProblemError` (raised by our handlers with a :class:`ProblemCode`),
 * :class:`shared.signing.SignatureError` (401 with the verifier's code),
 * :class:`shared.queue.QueueUnavailable` (503 ``queue_unavailable`` with ``Retry-After``),
+* the dead-letter service's :class:`shared.dlq.DeadLetterError` (admin API: 404
+  unknown key, 400 invalid request, 409 not replayable / not discardable),
+* :class:`shared.storage.errors.StoreUnavailable` (503 ``store_unavailable``
+  with ``Retry-After``; only the admin API reads MongoDB on a request),
 * Litestar's own :class:`~litestar.exceptions.HTTPException` (404 unknown route,
-  405, 413 body too large, 400 malformed request),
+  405, 413 body too large, 400 malformed request or invalid parameters),
 * anything else (500 ``internal_error``, logged with its traceback, never shown)
 
 to a :class:`shared.contracts.Problem` body. It also counts and logs each
@@ -28,12 +32,14 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import structlog
 from litestar import Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 
 from gateway_api.context import request_id_of
 from shared.contracts import FieldError, Problem, ProblemCode
+from shared.dlq import DeadLetterError, DeadLetterNotFound, EventNotFound, InvalidRequest
 from shared.queue import QueueUnavailable
 from shared.signing import SignatureError
+from shared.storage.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -172,9 +178,37 @@ def _to_problem(exc: Exception, resources: ApiResources) -> ProblemError:
             "the event was not queued; retry later",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    if isinstance(exc, HTTPException):
-        return _from_http_exception(exc, resources)
+    match exc:
+        case DeadLetterNotFound() | EventNotFound():
+            return ProblemError(ProblemCode.NOT_FOUND, exc.detail)
+        case InvalidRequest():
+            return ProblemError(ProblemCode.BAD_REQUEST, exc.detail)
+        case DeadLetterError():  # NotReplayable, NotDiscardable
+            return ProblemError(ProblemCode.CONFLICT, exc.detail)
+        case StoreUnavailable():
+            return ProblemError(
+                ProblemCode.STORE_UNAVAILABLE,
+                "MongoDB is unavailable; retry later (repeating a replay or discard is safe)",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        case ValidationException(extra=list(problems)) if problems:
+            details = "; ".join(_validation_detail(p) for p in problems)
+            return ProblemError(ProblemCode.BAD_REQUEST, details)
+        case ClientException(status_code=400) if type(exc) is ClientException:
+            # Litestar's plain 400: a request body its decoder could not read.
+            return ProblemError(ProblemCode.BAD_REQUEST, f"body is not valid JSON: {exc.detail}")
+        case HTTPException():
+            return _from_http_exception(exc, resources)
     return ProblemError(ProblemCode.INTERNAL_ERROR, _INTERNAL_DETAIL)
+
+
+def _validation_detail(problem: Any) -> str:
+    if not isinstance(problem, dict):
+        return str(problem)
+    where = problem.get("source", "request")
+    key = problem.get("key")
+    named = f"{where}.{key}" if key and key != "data" else where
+    return f"{named}: {problem.get('message')}"
 
 
 def _from_http_exception(exc: HTTPException, resources: ApiResources) -> ProblemError:

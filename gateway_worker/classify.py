@@ -1,13 +1,17 @@
 """The one place that decides whether a failed attempt is retried (SPEC §4).
 
 Transient (retried with backoff until ``GATEWAY_MAX_ATTEMPTS``):
-MongoDB network/timeout/not-primary errors (``StoreUnavailable``), Redis
+MongoDB network/timeout/not-primary errors and server errors the server
+marks retryable (``StoreUnavailable``), Redis
 errors, downstream timeouts, connection errors, downstream 408, 425, 429 and
 5xx, our own job deadline, and any exception we do not know.
 
 Permanent (dead-lettered after this attempt): ``invalid_transition``,
 ``order_mismatch``, an undecodable payload, downstream answers 3xx/4xx other
-than 408/425/429, and MongoDB refusing an operation (``StoreRejected``).
+than 408/425/429, MongoDB refusing an operation (``StoreRejected``), and a
+document the driver cannot encode or the server refuses as a document
+(``DocumentNotStorable``: an integer beyond 64 bits, a BSON encoding error,
+a document over 16 MiB).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from gateway_worker.errors import (
     TransientError,
 )
 from shared.queue import QueueUnavailable
-from shared.storage.errors import StoreRejected, StoreUnavailable
+from shared.storage.errors import DocumentNotStorable, StoreRejected, StoreUnavailable
 
 __all__ = ["TRANSIENT_STATUSES", "Classification", "classify"]
 
@@ -64,6 +68,8 @@ def classify(exc: BaseException) -> Classification:
             return _transient(ErrorCode.DOWNSTREAM_UNREACHABLE, str(exc))
         case StoreUnavailable():
             return _transient(ErrorCode.STORE_UNAVAILABLE, str(exc))
+        case DocumentNotStorable():
+            return _permanent(ErrorCode.DOCUMENT_NOT_STORABLE, str(exc))
         case StoreRejected():
             return _permanent(ErrorCode.STORE_REJECTED, str(exc))
         case QueueUnavailable() | RedisError():

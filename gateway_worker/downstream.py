@@ -15,7 +15,7 @@ import email.utils
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 import msgspec
@@ -43,7 +43,8 @@ class ShipmentUpdate(Struct, frozen=True, kw_only=True):
     shipment: Shipment
     status: str
     location: Location | None
-    data: dict[str, Any]
+    data: msgspec.Raw
+    """The courier's ``data`` object byte-exact, as it arrived."""
 
 
 class Deliverer(Protocol):

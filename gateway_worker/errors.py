@@ -44,6 +44,7 @@ class ErrorCode(enum.StrEnum):
     DOWNSTREAM_UNREACHABLE = "downstream_unreachable"
     STORE_UNAVAILABLE = "store_unavailable"
     STORE_REJECTED = "store_rejected"
+    DOCUMENT_NOT_STORABLE = "document_not_storable"
     QUEUE_UNAVAILABLE = "queue_unavailable"
     JOB_TIMEOUT = "job_timeout"
     CONNECTION_ERROR = "connection_error"

@@ -2,6 +2,9 @@
 
 One run of a job:
 
+0. **decode** the job (a :class:`~shared.contracts.QueuedEvent`) and, once the
+   key is claimed, the courier's body it carries byte-exact; a body that does
+   not decode is a permanent ``undecodable_payload``;
 1. **claim** the idempotency key in ``processed_events`` (a lease);
    already finished → ``duplicate``; leased by another live job → deferred
    (``arq.Retry`` for the rest of that lease, not an attempt);
@@ -49,10 +52,10 @@ from gateway_worker.classify import Classification, classify
 from gateway_worker.downstream import Deliverer
 from gateway_worker.errors import ErrorCode, PermanentError, TransientError
 from gateway_worker.metrics import WorkerMetrics
-from shared.contracts import QueuedEvent
+from shared.contracts import CourierEvent, QueuedEvent
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
-from shared.storage.errors import StorageError
+from shared.storage.errors import StorageError, StoreRejected
 from shared.storage.events import (
     AlreadyDone,
     AttemptRecord,
@@ -101,6 +104,7 @@ class _Run:
         self.token = uuid.uuid4().hex
         self.started = time.monotonic()
         self.claimed: Claimed | None = None
+        self.event: CourierEvent | None = None
 
     @property
     def key(self) -> str:
@@ -150,6 +154,7 @@ class EventProcessor:
             self._metrics.job_duration.observe(time.perf_counter() - started)
 
     async def _process(self, job_id: str, job_try: int, payload: Any) -> JobResult:
+        payload = _upgrade(payload)
         try:
             queued = msgspec.convert(payload, QueuedEvent)
         except msgspec.ValidationError as exc:
@@ -192,12 +197,11 @@ class EventProcessor:
 
     async def _steps(self, run: _Run) -> JobResult | _Deferral:
         queued = run.queued
-        event = queued.event
         now = self._clock()
         claim = await self._events.claim(
             run.key,
             source=queued.source,
-            event_id=event.event_id,
+            event_id=queued.event_id,
             job_id=run.job_id,
             owner=self._worker_id,
             token=run.token,
@@ -215,6 +219,8 @@ class EventProcessor:
             case Claimed():
                 run.claimed = claim
 
+        # Raises msgspec's errors for a body that no longer decodes: permanent.
+        event = run.event = queued.decode()
         decision = await self._shipments.apply_event(queued.source, event, now=self._clock())
         if decision.outcome is Outcome.INVALID_TRANSITION:
             raise PermanentError(
@@ -329,19 +335,23 @@ class EventProcessor:
         )
         # The dead letter first, then the key: a crash in between re-runs the
         # job, which fails the same way and rewrites the same dead letter.
-        await self._dead_letters.dead_letter(
-            run.key,
-            source=queued.source,
-            event_id=queued.event.event_id,
-            shipment_id=queued.event.shipment.id,
-            event=msgspec.to_builtins(queued.event),
-            request_id=queued.request_id,
-            reason=reason,
-            code=classification.code.value,
-            message=classification.message,
-            attempts=[*run.claimed.attempt_log, record],
-            now=now,
-        )
+        event = run.event
+        try:
+            await self._dead_letters.dead_letter(
+                queued,
+                shipment_id=None if event is None else event.shipment.id,
+                event_type=None if event is None else event.event_type.value,
+                reason=reason,
+                code=classification.code.value,
+                message=classification.message,
+                attempts=[*run.claimed.attempt_log, record],
+                now=now,
+            )
+        except StoreRejected as refused:
+            # Even without its body the store refused the document: retrying
+            # cannot change that, so the key still ends dead-lettered (its
+            # processed_events record keeps the error) instead of retrying forever.
+            log.exception("job.dead_letter_refused", error=str(refused)[:500])
         if not await self._events.mark_dead_lettered(
             run.key, token=run.token, attempt=record, now=now
         ):
@@ -365,7 +375,6 @@ class EventProcessor:
         classification = classify(exc)
         now = self._clock()
         fields = payload if isinstance(payload, dict) else {}
-        event = fields.get("event")
         record = AttemptRecord(
             attempt=1,
             at=now,
@@ -376,12 +385,9 @@ class EventProcessor:
         )
         try:
             await self._dead_letters.dead_letter(
-                job_id,
-                source=str(fields.get("source", "")),
-                event_id=_text_or_none(event.get("event_id") if isinstance(event, dict) else None),
+                _salvage(job_id, fields),
                 shipment_id=None,
-                event=event if isinstance(event, dict) else None,
-                request_id=_text_or_none(fields.get("request_id")),
+                event_type=None,
                 reason=DeadLetterReason.PERMANENT,
                 code=classification.code.value,
                 message=classification.message,
@@ -472,5 +478,28 @@ class EventProcessor:
         )
 
 
-def _text_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _upgrade(payload: Any) -> Any:
+    """A job queued before bodies travelled byte-exact carried the decoded ``event``."""
+    if isinstance(payload, dict) and "body" not in payload:
+        event = payload.get("event")
+        if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+            return {**payload, "body": msgspec.json.encode(event), "event_id": event["event_id"]}
+    return payload
+
+
+def _salvage(job_id: str, fields: dict[Any, Any]) -> QueuedEvent:
+    """What can be kept of a payload that is not a :class:`QueuedEvent`."""
+    body = fields.get("body")
+    at_ms = fields.get("received_at_ms")
+    return QueuedEvent(
+        idempotency_key=job_id,
+        source=_text(fields.get("source")),
+        event_id=_text(fields.get("event_id")),
+        body=body if isinstance(body, bytes) else b"",
+        request_id=_text(fields.get("request_id")),
+        received_at_ms=at_ms if isinstance(at_ms, int) else 0,
+    )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

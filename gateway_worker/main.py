@@ -97,7 +97,8 @@ def init_db_command() -> None:
     except StorageError as exc:
         raise click.ClickException(f"cannot set up indexes: {exc}") from exc
     for change in changes:
-        click.echo(f"{change.collection}.{change.name}: {change.action.value}")
+        as_name = f" (as {change.existing_name})" if change.existing_name else ""
+        click.echo(f"{change.collection}.{change.name}: {change.action.value}{as_name}")
 
 
 async def _init_db(settings: Settings) -> list[IndexChange]:

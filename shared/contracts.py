@@ -2,7 +2,8 @@
 
 * :class:`CourierEvent` — the body a courier POSTs (SPEC §3.1), validated by
   msgspec while it is decoded.
-* :class:`QueuedEvent` — the job argument the API enqueues and a worker runs.
+* :class:`QueuedEvent` — the job argument the API enqueues and a worker runs:
+  the courier's body byte-exact, never re-encoded (``docs/contract.md §4.4``).
 * :class:`ProblemCode` — the stable machine codes of ``application/problem+json``
   answers.
 """
@@ -10,13 +11,16 @@
 from __future__ import annotations
 
 import enum
+import re
+import typing
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "EMPTY_DATA",
     "TERMINAL_STATUSES",
     "Accepted",
     "CourierEvent",
@@ -28,7 +32,9 @@ __all__ = [
     "QueuedEvent",
     "ReplayRef",
     "Shipment",
+    "TooDeeplyNested",
     "decode_event",
+    "event_field_errors",
     "idempotency_key",
 ]
 
@@ -71,15 +77,33 @@ class Location(Struct, frozen=True):
     lon: Annotated[float, Meta(ge=-180, le=180)]
 
 
+EMPTY_DATA: Final = msgspec.Raw(b"{}")
+"""``data`` of an event that sent none."""
+OpaqueObject = Annotated[
+    msgspec.Raw,
+    Meta(
+        description="Free-form JSON object, kept byte-exact as sent.",
+        extra_json_schema={"type": "object"},
+    ),
+]
+
+
 class CourierEvent(Struct, frozen=True):
-    """A shipment event as a courier sends it. Unknown top-level fields are ignored."""
+    """A shipment event as a courier sends it. Unknown top-level fields are ignored.
+
+    ``data`` is opaque (``docs/contract.md §4.4``): the JSON object exactly as
+    sent (:class:`msgspec.Raw`), never decoded into Python values, so integers
+    beyond 64 bits, numbers beyond a float's range, NUL characters, ``$``-keys
+    and the like pass through untouched (and it costs less to decode).
+    Read it with ``msgspec.json.decode(event.data)`` if you must.
+    """
 
     event_id: EventId
     event_type: EventType
     occurred_at: AwareDatetime
     shipment: Shipment
     location: Location | None = None
-    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: OpaqueObject = msgspec.field(default_factory=lambda: EMPTY_DATA)
 
 
 class ReplayRef(Struct, frozen=True):
@@ -90,18 +114,37 @@ class ReplayRef(Struct, frozen=True):
 
 
 class QueuedEvent(Struct, frozen=True, kw_only=True):
-    """The single argument of the ``process_event`` job.
+    """The single argument of the ``process_event`` job, and what a dead letter keeps.
 
-    ``received_at_ms`` is when the API accepted the event; ``request_id`` ties the
-    worker's log lines to the courier's request.
+    ``body`` is the request body exactly as the courier sent it (MessagePack
+    ``bin`` in the job, a string in the dead letter): courier data is opaque
+    (``docs/contract.md §4.4``), so nothing the courier put in ``data`` is
+    re-encoded on its way through the queue and the store. The API validated
+    it at ingest; the worker decodes it again (:meth:`decode`). ``event_id``
+    (with ``idempotency_key``) is what the API derived from it, so a body the
+    worker can no longer decode is still recorded under its key.
+
+    ``received_at_ms`` is when the API accepted the event; ``request_id`` ties
+    the worker's log lines to the courier's request. A carrier adapter's name
+    (``docs/contract.md §3.4``) would travel here too, naming how ``body`` is read.
     """
 
     idempotency_key: str
     source: str
-    event: CourierEvent
+    event_id: str
+    body: bytes
     request_id: str
     received_at_ms: int
     replay: ReplayRef | None = None
+
+    def decode(self) -> CourierEvent:
+        """The courier event in ``body``; raises as :func:`decode_event` does."""
+        return decode_event(self.body)
+
+    @property
+    def event(self) -> CourierEvent:
+        """:meth:`decode` as a property (decodes on every access: keep the result)."""
+        return decode_event(self.body)
 
 
 class ProblemCode(enum.StrEnum):
@@ -172,4 +215,99 @@ def decode_event(body: bytes) -> CourierEvent:
             body.decode()
         except UnicodeDecodeError as exc:
             raise msgspec.DecodeError(f"body is not valid UTF-8 (byte {exc.start})") from exc
-    return _event_decoder.decode(body)
+    try:
+        event = _event_decoder.decode(body)
+    except RecursionError as exc:
+        raise TooDeeplyNested from exc
+    data = event.data
+    if data is not EMPTY_DATA and memoryview(data)[0] != _OPEN_BRACE:
+        raise msgspec.ValidationError(f"Expected `object`, got `{_raw_kind(data)}` - at `$.data`")
+    return event
+
+
+class TooDeeplyNested(msgspec.ValidationError):
+    """The body nests arrays/objects deeper than the decoder can follow (about 10,000 levels)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the body nests arrays or objects too deeply to be decoded "
+            f"(at most about {MAX_NESTING} levels)"
+        )
+
+
+MAX_NESTING: Final = 9_000
+"""Nesting the decoder follows safely; msgspec's own limit is about 10,000 levels."""
+_OPEN_BRACE: Final = ord("{")
+_RAW_KINDS: Final = {ord("["): "array", ord('"'): "str", ord("t"): "bool", ord("f"): "bool"}
+
+
+def _raw_kind(raw: msgspec.Raw) -> str:
+    first = memoryview(raw)[0]
+    if first == ord("n"):
+        return "null"
+    return _RAW_KINDS.get(first, "number")
+
+
+# msgspec: "Expected `str` of length >= 1 - at `$.shipment.id`" (nested values only)
+_AT_PATH: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+_JSON_TYPES: Final = {
+    dict: "object",
+    list: "array",
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    type(None): "null",
+}
+
+
+def event_field_errors(document: Any) -> list[FieldError]:
+    """Every field of a decoded JSON ``document`` that breaks :class:`CourierEvent`'s rules.
+
+    msgspec stops at the first error; this walks the whole document, field by
+    field, checking each value with msgspec against the field's own type, so a
+    422 can name every invalid field. Only the error path runs it: a valid
+    event never gets here. Paths are dotted (``shipment.id``, ``data.items[0]``);
+    an error about the whole body has the field ``""``.
+    """
+    return _struct_errors(document, CourierEvent, "")
+
+
+def _struct_errors(value: Any, struct: type[Struct], path: str) -> list[FieldError]:
+    if not isinstance(value, dict):
+        got = _JSON_TYPES.get(type(value), type(value).__name__)
+        return [FieldError(path, f"Expected `object`, got `{got}`")]
+    errors: list[FieldError] = []
+    for field in msgspec.structs.fields(struct):
+        name = field.encode_name
+        where = f"{path}.{name}" if path else name
+        if name not in value:
+            if field.required:
+                errors.append(FieldError(where, f"Object missing required field `{name}`"))
+            continue
+        item = value[name]
+        if field.type is OpaqueObject:
+            if not isinstance(item, dict):
+                got = _JSON_TYPES.get(type(item), type(item).__name__)
+                errors.append(FieldError(where, f"Expected `object`, got `{got}`"))
+            continue
+        nested = _struct_in(field.type)
+        if nested is not None and isinstance(item, dict):
+            errors.extend(_struct_errors(item, nested, where))
+            continue
+        try:
+            msgspec.convert(item, field.type)
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            if matched := _AT_PATH.match(message):
+                message, where = matched["message"], where + matched["path"]
+            errors.append(FieldError(where, message))
+    return errors
+
+
+def _struct_in(annotation: Any) -> type[Struct] | None:
+    """The Struct type in ``annotation`` (``Location`` in ``Location | None``), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Struct):
+            return candidate
+    return None

@@ -3,7 +3,7 @@
 :class:`DeadLetterService` lists dead letters (filters, keyset cursor), shows
 one with its attempts, replays and the key's ``processed_events`` record,
 replays one or every match (dry run, rate, limit), and discards one with a
-reason. ``scripts/dlq.py`` (the CLI) and ``gateway_api/admin.py`` (the admin
+reason. ``scripts/commands/dlq.py`` (the CLI) and ``gateway_api/admin.py`` (the admin
 API) only translate arguments and render results; ``docs/runbook.md`` is the
 operator's guide and records the decisions.
 
@@ -51,7 +51,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final, Self
+from typing import ClassVar, Final, Self
 
 import msgspec
 import structlog
@@ -61,17 +61,25 @@ from msgspec import Struct
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.exceptions import RedisError
 
-from shared.contracts import CourierEvent, QueuedEvent, ReplayRef, idempotency_key
+from shared.contracts import QueuedEvent, ReplayRef, decode_event, idempotency_key
 from shared.queue import Enqueuer, QueueUnavailable
 from shared.storage.dead_letters import (
+    DeadLetterDocument,
     DeadLetterFilter,
     DeadLetterReason,
     DeadLetters,
     DeadLetterStatus,
     PageKey,
     ReplayOutcome,
+    ReplayRecord,
 )
-from shared.storage.events import EventStatus, ProcessedEvents
+from shared.storage.events import (
+    AttemptRecord,
+    ErrorInfo,
+    EventStatus,
+    ProcessedEvent,
+    ProcessedEvents,
+)
 from shared.storage.mongo import Document
 
 __all__ = [
@@ -199,16 +207,8 @@ class AttemptView(Struct, frozen=True, kw_only=True):
     duration_ms: int
 
 
-class ReplayEntry(Struct, frozen=True, kw_only=True):
-    """One ``replays`` entry; ``outcome`` is ``None`` until the replay job ends.
-
-    ``job_id`` is ``None`` when no job was needed (``already_succeeded``).
-    """
-
-    at: datetime | None = None
-    by: str | None = None
-    job_id: str | None = None
-    outcome: str | None = None
+ReplayEntry = ReplayRecord
+"""One ``replays`` entry (the stored shape is the shown one)."""
 
 
 class DeadLetterSummary(Struct, frozen=True, kw_only=True):
@@ -265,7 +265,10 @@ class DeadLetterDetail(Struct, frozen=True, kw_only=True):
     dead_lettered_at: datetime
     created_at: datetime | None
     updated_at: datetime | None
-    event: dict[str, Any] | None
+    event: str | None
+    """The courier's body exactly as received: the original JSON text (``None`` if the
+    store refused to keep it; ``event_omitted`` says why)."""
+    event_omitted: str | None
     attempts: list[AttemptView]
     replays: list[ReplayEntry]
     discard_reason: str | None
@@ -521,7 +524,7 @@ class DeadLetterService:
         next_cursor = None
         if more:
             last = documents[-1]
-            next_cursor = encode_cursor(PageKey(last["dead_lettered_at"], last["_id"]))
+            next_cursor = encode_cursor(PageKey(last.dead_lettered_at, last.key))
         return Page([_summary(d) for d in documents], next_cursor)
 
     async def count(self, selection: DeadLetterFilter, *, limit: int | None = None) -> int:
@@ -582,9 +585,7 @@ class DeadLetterService:
             try:
                 yield await self._replay(document, by=by, dry_run=dry_run)
             except (NotReplayable, DeadLetterNotFound) as exc:
-                yield ReplayFailure(
-                    idempotency_key=document["_id"], code=exc.code, detail=exc.detail
-                )
+                yield ReplayFailure(idempotency_key=document.key, code=exc.code, detail=exc.detail)
 
     async def count_replayable(
         self, selection: DeadLetterFilter, *, limit: int | None = None
@@ -592,12 +593,14 @@ class DeadLetterService:
         """How many entries :meth:`replay_matching` would visit."""
         return await self._letters.count(_pending_only(selection), limit=limit)
 
-    async def _replay(self, document: Document, *, by: str, dry_run: bool) -> ReplayResult:
-        key: str = document["_id"]
-        status = document.get("status")
+    async def _replay(
+        self, document: DeadLetterDocument, *, by: str, dry_run: bool
+    ) -> ReplayResult:
+        key = document.key
+        status = document.status
         if status == DeadLetterStatus.DISCARDED:
             raise NotReplayable(
-                f"{key} was discarded ({document.get('discard_reason')!r}); "
+                f"{key} was discarded ({document.discard_reason!r}); "
                 "a discarded dead letter is never replayed"
             )
         if status == DeadLetterStatus.REPLAYED:
@@ -613,7 +616,7 @@ class DeadLetterService:
                 "a replay of it is queued or running; wait for its outcome",
                 job_id=live,
             )
-        seen = len(document.get("replays", ()))
+        seen = len(document.replays)
         now = self._clock()
         if await self._events.status(key) is EventStatus.SUCCEEDED:
             detail = "the event already succeeded: marked replayed, no job queued"
@@ -661,7 +664,7 @@ class DeadLetterService:
             warning=warning,
         )
 
-    async def _live_replay(self, document: Document) -> str | None:
+    async def _live_replay(self, document: DeadLetterDocument) -> str | None:
         """The job id of a replay still in flight, if any.
 
         In flight: an entry without outcome whose job is queued or running in
@@ -669,12 +672,12 @@ class DeadLetterService:
         job is gone was lost (e.g. a Redis crash); it no longer blocks a replay.
         """
         now = self._clock()
-        for entry in reversed(document.get("replays", ())):
-            job_id = entry.get("job_id")
-            if entry.get("outcome") is not None or not job_id:
+        for entry in reversed(document.replays):
+            job_id = entry.job_id
+            if entry.outcome is not None or not job_id:
                 continue
-            at = entry.get("at")
-            if isinstance(at, datetime) and (now - at).total_seconds() < ENQUEUE_GRACE_S:
+            at = entry.at
+            if at is not None and (now - at).total_seconds() < ENQUEUE_GRACE_S:
                 return str(job_id)
             try:
                 found = await self._redis.exists(
@@ -694,19 +697,18 @@ class DeadLetterService:
         document = await self._letters.get(key)
         if document is None:
             raise DeadLetterNotFound(key)
-        if document.get("status") == DeadLetterStatus.DISCARDED:
+        if document.status == DeadLetterStatus.DISCARDED:
             raise NotReplayable(f"{key} was discarded meanwhile")
-        if document.get("status") == DeadLetterStatus.REPLAYED:
+        if document.status == DeadLetterStatus.REPLAYED:
             return _result(
                 key, ReplayAction.ALREADY_REPLAYED, dry_run, "already replayed; nothing to do"
             )
-        replays = document.get("replays") or [{}]
         return _result(
             key,
             ReplayAction.IN_FLIGHT,
             dry_run,
             "another replay started at the same time",
-            job_id=replays[-1].get("job_id"),
+            job_id=document.replays[-1].job_id if document.replays else None,
         )
 
     # discarding
@@ -721,13 +723,13 @@ class DeadLetterService:
             document = await self._letters.get(key)
             if document is None:
                 raise DeadLetterNotFound(key)
-            status = document.get("status")
+            status = document.status
             if status == DeadLetterStatus.DISCARDED:
                 return DiscardResult(
                     idempotency_key=key,
                     status=DeadLetterStatus.DISCARDED.value,
-                    discard_reason=str(document.get("discard_reason")),
-                    discarded_by=document.get("discarded_by"),
+                    discard_reason=str(document.discard_reason),
+                    discarded_by=document.discarded_by,
                     already_discarded=True,
                 )
             if status == DeadLetterStatus.REPLAYED:
@@ -737,7 +739,7 @@ class DeadLetterService:
                 raise NotDiscardable(
                     f"a replay of {key} is in flight (job {live}); wait for its outcome"
                 )
-            seen = len(document.get("replays", ()))
+            seen = len(document.replays)
             if await self._letters.discard(
                 key, seen_replays=seen, by=by, reason=reason, now=self._clock()
             ):
@@ -791,105 +793,112 @@ def _result(
     )
 
 
-def _permanent_warning(document: Document) -> str | None:
-    if document.get("reason") != DeadLetterReason.PERMANENT:
+def _permanent_warning(document: DeadLetterDocument) -> str | None:
+    if document.reason != DeadLetterReason.PERMANENT:
         return None
-    code = _error(document.get("error")).code
+    code = document.error.code
     return f"dead-lettered for a permanent error ({code}): fails again unless its cause was fixed"
 
 
-def _queued_event(document: Document, *, by: str, now: datetime) -> QueuedEvent:
-    key: str = document["_id"]
-    source = document.get("source")
+def _queued_event(document: DeadLetterDocument, *, by: str, now: datetime) -> QueuedEvent:
+    key = document.key
+    at_ms = int(now.timestamp() * 1000)
     try:
-        event = msgspec.convert(document.get("event"), CourierEvent)
-    except msgspec.ValidationError as exc:
+        # The courier's request id, so one search finds the original run and the replay.
+        queued = document.queued_event(
+            replay=ReplayRef(by=by, at_ms=at_ms), request_id=f"replay_{uuid.uuid4().hex}"
+        )
+    except ValueError as exc:
+        raise NotReplayable(f"{key} keeps no event to replay ({exc}); discard it") from exc
+    try:
+        event = decode_event(queued.body)
+    except msgspec.DecodeError as exc:
         raise NotReplayable(
             f"the stored event of {key} is not a valid courier event ({exc}); discard it"
         ) from exc
-    if not isinstance(source, str) or idempotency_key(source, event.event_id) != key:
+    if idempotency_key(document.source, event.event_id) != key:
         raise NotReplayable(f"the stored event of {key} does not belong to that key; discard it")
-    at_ms = int(now.timestamp() * 1000)
-    return QueuedEvent(
-        idempotency_key=key,
-        source=source,
-        event=event,
-        # The courier's request id, so one search finds the original run and the replay.
-        request_id=document.get("request_id") or f"replay_{uuid.uuid4().hex}",
-        received_at_ms=at_ms,
-        replay=ReplayRef(by=by, at_ms=at_ms),
-    )
+    return queued
 
 
-def _error(value: Any) -> ErrorView:
-    if not isinstance(value, Mapping):
-        return ErrorView("unknown", "")
-    return ErrorView(str(value.get("code", "unknown")), str(value.get("message", "")))
+def _error(value: ErrorInfo | None) -> ErrorView:
+    return ErrorView("unknown", "") if value is None else ErrorView(value.code, value.message)
 
 
-def _attempts(values: Any) -> list[AttemptView]:
-    return [msgspec.convert(v, AttemptView) for v in values or ()]
+def _attempts(values: tuple[AttemptRecord, ...]) -> list[AttemptView]:
+    return [
+        AttemptView(
+            attempt=a.attempt,
+            at=a.at,
+            code=a.code,
+            message=a.message,
+            transient=a.transient,
+            duration_ms=a.duration_ms,
+        )
+        for a in values
+    ]
 
 
-def _replays(values: Any) -> list[ReplayEntry]:
-    return [msgspec.convert(v, ReplayEntry) for v in values or ()]
-
-
-def _summary(document: Document) -> DeadLetterSummary:
-    event = document.get("event")
-    replays = _replays(document.get("replays"))
+def _summary(document: DeadLetterDocument) -> DeadLetterSummary:
+    replays = list(document.replays)
     return DeadLetterSummary(
-        idempotency_key=document["_id"],
-        source=str(document.get("source", "")),
-        event_id=document.get("event_id"),
-        shipment_id=document.get("shipment_id"),
-        event_type=event.get("event_type") if isinstance(event, Mapping) else None,
-        reason=str(document.get("reason")),
-        error=_error(document.get("error")),
-        attempts=len(document.get("attempts") or ()),
-        dead_lettered_at=document["dead_lettered_at"],
-        status=str(document.get("status")),
+        idempotency_key=document.key,
+        source=document.source,
+        event_id=document.event_id,
+        shipment_id=document.shipment_id,
+        event_type=document.event_type or _legacy_event_type(document),
+        reason=document.reason,
+        error=_error(document.error),
+        attempts=len(document.attempts),
+        dead_lettered_at=document.dead_lettered_at,
+        status=document.status,
         replays=len(replays),
         last_replay=replays[-1] if replays else None,
     )
 
 
-def _detail(document: Document, record: EventRecord | None) -> DeadLetterDetail:
-    event = document.get("event")
+def _legacy_event_type(document: DeadLetterDocument) -> str | None:
+    # Dead letters written before bodies were opaque hold the event as a sub-document.
+    event = document.event
+    value = event.get("event_type") if isinstance(event, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _detail(document: DeadLetterDocument, record: EventRecord | None) -> DeadLetterDetail:
     return DeadLetterDetail(
-        idempotency_key=document["_id"],
-        source=str(document.get("source", "")),
-        event_id=document.get("event_id"),
-        shipment_id=document.get("shipment_id"),
-        request_id=document.get("request_id"),
-        reason=str(document.get("reason")),
-        error=_error(document.get("error")),
-        status=str(document.get("status")),
-        dead_lettered_at=document["dead_lettered_at"],
-        created_at=document.get("created_at"),
-        updated_at=document.get("updated_at"),
-        event=dict(event) if isinstance(event, Mapping) else None,
-        attempts=_attempts(document.get("attempts")),
-        replays=_replays(document.get("replays")),
-        discard_reason=document.get("discard_reason"),
-        discarded_by=document.get("discarded_by"),
-        discarded_at=document.get("discarded_at"),
+        idempotency_key=document.key,
+        source=document.source,
+        event_id=document.event_id,
+        shipment_id=document.shipment_id,
+        request_id=document.request_id,
+        reason=document.reason,
+        error=_error(document.error),
+        status=document.status,
+        dead_lettered_at=document.dead_lettered_at,
+        created_at=document.created_at,
+        updated_at=document.updated_at,
+        event=document.event_json,
+        event_omitted=document.event_omitted,
+        attempts=_attempts(document.attempts),
+        replays=list(document.replays),
+        discard_reason=document.discard_reason,
+        discarded_by=document.discarded_by,
+        discarded_at=document.discarded_at,
         processing=record,
     )
 
 
-def _event_record(record: Document, letter: Document | None) -> EventRecord:
-    last_error = record.get("last_error")
+def _event_record(record: ProcessedEvent, letter: DeadLetterDocument | None) -> EventRecord:
     return EventRecord(
-        idempotency_key=record["_id"],
-        status=str(record.get("status")),
-        attempts=int(record.get("attempts", 0)),
-        last_error=None if last_error is None else _error(last_error),
-        attempt_log=_attempts(record.get("attempt_log")),
-        first_seen_at=record.get("first_seen_at"),
-        updated_at=record.get("updated_at"),
-        completed_at=record.get("completed_at"),
-        lease_owner=record.get("lease_owner"),
-        lease_until=record.get("lease_until"),
-        dead_letter_status=None if letter is None else letter.get("status"),
+        idempotency_key=record.key,
+        status=record.status.value,
+        attempts=record.attempts,
+        last_error=None if record.last_error is None else _error(record.last_error),
+        attempt_log=_attempts(record.attempt_log),
+        first_seen_at=record.first_seen_at,
+        updated_at=record.updated_at,
+        completed_at=record.completed_at,
+        lease_owner=record.lease_owner,
+        lease_until=record.lease_until,
+        dead_letter_status=None if letter is None else letter.status,
     )

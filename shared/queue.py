@@ -23,7 +23,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 import hiredis
 import msgspec
@@ -59,7 +59,12 @@ WORKER_HEALTH_PREFIX: Final = "gateway:worker-health:"
 
 
 class QueueUnavailable(Exception):
-    """The queue could not durably store a job (Redis down, timed out, or erroring)."""
+    """The queue could not durably store a job (Redis down, timed out, or erroring).
+
+    The root of the queue's errors; ``code`` is its stable machine name.
+    """
+
+    code: ClassVar[str] = "queue_unavailable"
 
 
 def _enc_hook(obj: object) -> object:

@@ -66,7 +66,8 @@ def make_event(
     return QueuedEvent(
         idempotency_key=f"{source}:{event_id}",
         source=source,
-        event=event,
+        event_id=event_id,
+        body=msgspec.json.encode(event),
         request_id=f"req_{event_id}",
         received_at_ms=int(time.time() * 1000),
         replay=replay,
@@ -175,12 +176,9 @@ async def write_letter(
         attempt=1, at=at, code=code, message=f"{code} happened", transient=True, duration_ms=3
     )
     await DeadLetters(db).dead_letter(
-        queued.idempotency_key,
-        source=source,
-        event_id=event_id,
+        queued,
         shipment_id=queued.event.shipment.id,
-        event=msgspec.to_builtins(queued.event),
-        request_id=queued.request_id,
+        event_type=event_type.value,
         reason=reason,
         code=code,
         message=f"{code} happened",

@@ -12,7 +12,6 @@ import click
 import msgspec
 from rich import box
 from rich.console import Console
-from rich.json import JSON
 from rich.table import Table
 
 from shared.dlq import (
@@ -87,8 +86,10 @@ def _render_detail(detail: DeadLetterDetail) -> None:
     width = max(len(name) for name, _ in facts)
     for name, value in facts:
         console.print(f"  {name:<{width}}  {value}", markup=False)
-    console.print("event:")
-    console.print(JSON.from_data(detail.event), soft_wrap=True)
+    # The body exactly as the courier sent it (never re-formatted: it is the record).
+    console.print("event (as received):")
+    event = detail.event if detail.event is not None else f"(not kept: {detail.event_omitted})"
+    console.print(event, markup=False, highlight=False, soft_wrap=True)
     attempts = Table(title="attempts", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("#", "at", "code", "transient", "ms", "message"):
         attempts.add_column(column, no_wrap=column != "message")

@@ -239,13 +239,12 @@ async def _describe(
         step.state = "not queued"
         return
     key = f"{source}:{step.event_id}"
-    document = await events.get(key) or {}
-    step.state = str(document.get("status", "not processed"))
-    step.attempts = int(document.get("attempts", 0))
+    document = await events.get(key)
+    step.state = "not processed" if document is None else document.status.value
+    step.attempts = 0 if document is None else document.attempts
     if step.state == "dead_lettered":
-        letter = await dead_letters.get(key) or {}
-        error = letter.get("error") or {}
-        step.detail = f"{letter.get('reason')}: {error.get('code')}"
+        letter = await dead_letters.get(key)
+        step.detail = "-" if letter is None else f"{letter.reason}: {letter.error.code}"
     else:
         shipment = await shipments.get(source, step.shipment_id) or {}
         history = [entry.get("event_id") for entry in shipment.get("history", [])]

@@ -2,13 +2,19 @@
 
 Document (SPEC §4.1): ``_id`` and ``idempotency_key`` (both the key; the
 unique index on ``idempotency_key`` is created by ``gateway init-db``),
-``source``, ``event_id``, ``shipment_id``, ``event`` (the original courier
-event, JSON-shaped), ``request_id``, ``reason`` (``permanent`` |
+``source``, ``event_id``, ``shipment_id``, ``event_type``, ``event`` (the
+courier's body byte-exact: a string holding the original JSON text, or BSON
+binary for a body that is not UTF-8; never re-encoded field by field, see
+``docs/contract.md §4.4``), ``request_id``, ``received_at_ms`` (together with
+``event`` and ``source``: the queued event whole), ``reason`` (``permanent`` |
 ``retries_exhausted``), ``error`` (``{code, message}``), ``attempts`` (list of
 ``{attempt, at, code, message, transient, duration_ms}``), ``dead_lettered_at``,
 ``status`` (``pending`` | ``replayed`` | ``discarded``), ``replays`` (list of
 ``{at, by, job_id, outcome}``), ``discard_reason``, ``created_at``,
-``updated_at``.
+``updated_at``; ``event_omitted`` says why ``event`` is ``null`` when the
+store refused the body itself.
+
+Reads return :class:`DeadLetterDocument`, a typed view of the stored document.
 
 Writing a dead letter is idempotent: ``attempts`` grows with ``$addToSet``,
 so writing the same attempts again (a run that died between the dead letter
@@ -30,21 +36,27 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import msgspec
+from bson.binary import Binary
 from msgspec import Struct
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.storage.events import AttemptRecord
+from shared.contracts import QueuedEvent, ReplayRef
+from shared.storage.errors import DocumentNotStorable, StoreRejected
+from shared.storage.events import AttemptRecord, ErrorInfo
 from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, translate_errors
 
 __all__ = [
+    "DeadLetterDocument",
     "DeadLetterFilter",
     "DeadLetterReason",
     "DeadLetterStatus",
     "DeadLetters",
     "PageKey",
     "ReplayOutcome",
+    "ReplayRecord",
 ]
 
 
@@ -77,6 +89,99 @@ class ReplayOutcome(enum.StrEnum):
     """No job was enqueued: the key had already succeeded, so the entry was closed."""
     ENQUEUE_FAILED = "enqueue_failed"
     """The replay job could not be queued (Redis unavailable); nothing will run."""
+
+
+class ReplayRecord(Struct, frozen=True, kw_only=True):
+    """One ``replays`` entry; ``outcome`` is ``None`` until the replay job ends.
+
+    ``job_id`` is ``None`` when no job was needed (``already_succeeded``).
+    """
+
+    at: datetime | None = None
+    by: str | None = None
+    job_id: str | None = None
+    outcome: str | None = None
+
+
+def _unknown_error() -> ErrorInfo:
+    return ErrorInfo(code="unknown", message="")
+
+
+class DeadLetterDocument(Struct, frozen=True, kw_only=True, rename={"key": "_id"}):
+    """A ``dead_letter_events`` document as read back (``key`` is its ``_id``)."""
+
+    key: str
+    source: str = ""
+    event_id: str | None = None
+    shipment_id: str | None = None
+    event_type: str | None = None
+    event: Any = None
+    """The stored body: ``str`` (JSON text), ``bytes`` (BSON binary), or ``None``;
+    read it as :attr:`body`."""
+    event_omitted: str | None = None
+    request_id: str | None = None
+    received_at_ms: int | None = None
+    reason: str = ""
+    error: ErrorInfo = msgspec.field(default_factory=_unknown_error)
+    attempts: tuple[AttemptRecord, ...] = ()
+    dead_lettered_at: datetime
+    status: str = ""
+    replays: tuple[ReplayRecord, ...] = ()
+    discard_reason: str | None = None
+    discarded_by: str | None = None
+    discarded_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def body(self) -> bytes | None:
+        """The courier's body byte-exact, or ``None`` if none was stored.
+
+        A dead letter written before bodies were kept opaque holds the event as
+        a sub-document; it is re-encoded as JSON (the only lossy case).
+        """
+        match self.event:
+            case str():
+                return self.event.encode()
+            case bytes():
+                return self.event
+            case dict():
+                return msgspec.json.encode(self.event)
+        return None
+
+    @property
+    def event_json(self) -> str | None:
+        """:attr:`body` as text (the original JSON), for readers that show it."""
+        body = self.body
+        return None if body is None else body.decode(errors="replace")
+
+    def queued_event(self, *, replay: ReplayRef, request_id: str) -> QueuedEvent:
+        """The queued event this dead letter keeps, marked as ``replay``.
+
+        ``request_id`` is used only when the document has none of its own.
+        Raises ``ValueError`` when no body was stored (nothing to replay).
+        """
+        body = self.body
+        if body is None or self.event_id is None:
+            raise ValueError(self.event_omitted or "the dead letter holds no event")
+        return QueuedEvent(
+            idempotency_key=self.key,
+            source=self.source,
+            event_id=self.event_id,
+            body=body,
+            request_id=self.request_id or request_id,
+            received_at_ms=self.received_at_ms or replay.at_ms,
+            replay=replay,
+        )
+
+
+def _stored_body(body: bytes) -> str | Binary:
+    # The API accepts UTF-8 only, so this is the JSON text (readable in any
+    # MongoDB shell); anything else is kept as binary, byte for byte.
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return Binary(body)
 
 
 class DeadLetterFilter(Struct, frozen=True, kw_only=True):
@@ -129,44 +234,53 @@ class DeadLetters:
 
     async def dead_letter(
         self,
-        key: str,
+        queued: QueuedEvent,
         *,
-        source: str,
-        event_id: str | None,
         shipment_id: str | None,
-        event: Mapping[str, Any] | Any,
-        request_id: str | None,
+        event_type: str | None,
         reason: DeadLetterReason,
         code: str,
         message: str,
         attempts: Sequence[AttemptRecord],
         now: datetime,
     ) -> None:
-        """Create or update the key's dead letter and set it ``pending``. One round trip."""
-        with translate_errors("dead_letter"):
-            await self._collection.update_one(
-                {"_id": key},
-                {
-                    "$setOnInsert": {"idempotency_key": key, "replays": [], "created_at": now},
-                    "$set": {
-                        "source": source,
-                        "event_id": event_id,
-                        "shipment_id": shipment_id,
-                        "event": event,
-                        "request_id": request_id,
-                        "reason": reason.value,
-                        "error": {"code": code, "message": message},
-                        "dead_lettered_at": now,
-                        "status": DeadLetterStatus.PENDING.value,
-                        "updated_at": now,
-                    },
-                    "$addToSet": {
-                        "attempts": {"$each": [a.to_dead_letter_document() for a in attempts]}
-                    },
-                    "$unset": {"discard_reason": ""},
-                },
-                upsert=True,
-            )
+        """Create or update the key's dead letter and set it ``pending``.
+
+        ``queued`` is kept whole, its body byte-exact. ``shipment_id`` and
+        ``event_type`` are what the worker decoded from it (``None`` when it
+        could not). One round trip; if the store refuses the document for its
+        body (:class:`DocumentNotStorable`, e.g. too large), the dead letter is
+        written once more without the body, saying why in ``event_omitted``.
+        """
+        key = queued.idempotency_key
+        fields: Document = {
+            "source": queued.source,
+            "event_id": queued.event_id,
+            "shipment_id": shipment_id,
+            "event_type": event_type,
+            "event": _stored_body(queued.body),
+            "event_omitted": None,
+            "request_id": queued.request_id,
+            "received_at_ms": queued.received_at_ms,
+            "reason": reason.value,
+            "error": {"code": code, "message": message},
+            "dead_lettered_at": now,
+            "status": DeadLetterStatus.PENDING.value,
+            "updated_at": now,
+        }
+        update: Document = {
+            "$setOnInsert": {"idempotency_key": key, "replays": [], "created_at": now},
+            "$set": fields,
+            "$addToSet": {"attempts": {"$each": [a.to_dead_letter_document() for a in attempts]}},
+            "$unset": {"discard_reason": ""},
+        }
+        try:
+            with translate_errors("dead_letter"):
+                await self._collection.update_one({"_id": key}, update, upsert=True)
+        except DocumentNotStorable as refused:
+            fields.update(event=None, event_omitted=str(refused)[:500])
+            with translate_errors("dead_letter"):
+                await self._collection.update_one({"_id": key}, update, upsert=True)
 
     async def record_replay_outcome(
         self,
@@ -193,10 +307,11 @@ class DeadLetters:
             )
         return result.matched_count == 1
 
-    async def get(self, key: str) -> Document | None:
+    async def get(self, key: str) -> DeadLetterDocument | None:
         """The key's dead letter, or ``None``."""
         with translate_errors("get_dead_letter"):
-            return await self._collection.find_one({"_id": key})
+            document = await self._collection.find_one({"_id": key})
+        return None if document is None else _typed(document)
 
     async def page(
         self,
@@ -204,8 +319,7 @@ class DeadLetters:
         *,
         after: PageKey | None,
         limit: int,
-        projection: Mapping[str, Any] | None = None,
-    ) -> list[Document]:
+    ) -> list[DeadLetterDocument]:
         """Up to ``limit`` matching documents, newest ``dead_lettered_at`` first, after ``after``.
 
         Keyset pagination on ``(dead_lettered_at, _id)``, both descending: a
@@ -227,11 +341,11 @@ class DeadLetters:
             }
         with translate_errors("dead_letter_page"):
             cursor = (
-                self._collection.find(query, projection)
+                self._collection.find(query)
                 .sort([("dead_lettered_at", DESCENDING), ("_id", DESCENDING)])
                 .limit(limit)
             )
-            return [document async for document in cursor]
+            return [_typed(document) async for document in cursor]
 
     async def iterate(
         self,
@@ -239,7 +353,7 @@ class DeadLetters:
         *,
         limit: int | None = None,
         page_size: int = 100,
-    ) -> AsyncIterator[Document]:
+    ) -> AsyncIterator[DeadLetterDocument]:
         """Every matching document (at most ``limit``), newest first, one page in memory."""
         after: PageKey | None = None
         remaining = limit
@@ -251,7 +365,7 @@ class DeadLetters:
             if len(documents) < size:
                 return
             last = documents[-1]
-            after = PageKey(last["dead_lettered_at"], last["_id"])
+            after = PageKey(last.dead_lettered_at, last.key)
             if remaining is not None:
                 remaining -= len(documents)
 
@@ -330,6 +444,16 @@ class DeadLetters:
                 },
             )
         return result.matched_count == 1
+
+
+def _typed(document: Document) -> DeadLetterDocument:
+    with translate_errors("read_dead_letter"):
+        try:
+            return msgspec.convert(document, DeadLetterDocument)
+        except msgspec.ValidationError as exc:
+            raise StoreRejected(
+                f"dead letter {document.get('_id')!r} does not have the expected shape: {exc}"
+            ) from exc
 
 
 def _unchanged(key: str, seen_replays: int) -> Document:

@@ -19,6 +19,7 @@ was taken over cannot overwrite its successor's outcome.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from shared.storage.errors import StoreRejected
 from shared.storage.mongo import PROCESSED_EVENTS, Document, translate_errors
 
 __all__ = [
@@ -36,8 +38,10 @@ __all__ = [
     "AttemptRecord",
     "Claim",
     "Claimed",
+    "ErrorInfo",
     "EventStatus",
     "Leased",
+    "ProcessedEvent",
     "ProcessedEvents",
 ]
 
@@ -51,6 +55,13 @@ class EventStatus(enum.StrEnum):
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead_lettered"
+
+
+class ErrorInfo(Struct, frozen=True, kw_only=True):
+    """``{code, message}`` of ``last_error`` and of a dead letter's ``error``."""
+
+    code: str
+    message: str
 
 
 class AttemptRecord(Struct, frozen=True, kw_only=True):
@@ -85,6 +96,24 @@ class AttemptRecord(Struct, frozen=True, kw_only=True):
         document = self.to_document()
         del document["retry_in_ms"]
         return document
+
+
+class ProcessedEvent(Struct, frozen=True, kw_only=True, rename={"key": "_id"}):
+    """A ``processed_events`` document as read back (``key`` is its ``_id``)."""
+
+    key: str
+    status: EventStatus
+    source: str | None = None
+    event_id: str | None = None
+    attempts: int = 0
+    last_error: ErrorInfo | None = None
+    attempt_log: tuple[AttemptRecord, ...] = ()
+    first_seen_at: datetime | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    lease_job_id: str | None = None
 
 
 class Claimed(Struct, frozen=True):
@@ -272,10 +301,17 @@ class ProcessedEvents:
                 upsert=True,
             )
 
-    async def get(self, key: str) -> Document | None:
+    async def get(self, key: str) -> ProcessedEvent | None:
         """The key's document, or ``None``."""
         with translate_errors("get"):
-            return await self._collection.find_one({"_id": key})
+            document = await self._collection.find_one({"_id": key})
+        return None if document is None else _typed(document)
+
+    async def scan(self) -> AsyncIterator[ProcessedEvent]:
+        """Every document, in no particular order (for the proof tooling's reports)."""
+        with translate_errors("scan"):
+            async for document in self._collection.find({}):
+                yield _typed(document)
 
     async def status(self, key: str) -> EventStatus | None:
         """The key's status (one small read), or ``None`` if the key is unknown."""
@@ -284,6 +320,15 @@ class ProcessedEvents:
         if document is None or document.get("status") is None:
             return None
         return EventStatus(document["status"])
+
+
+def _typed(document: Document) -> ProcessedEvent:
+    try:
+        return msgspec.convert(document, ProcessedEvent)
+    except msgspec.ValidationError as exc:
+        raise StoreRejected(
+            f"processed event {document.get('_id')!r} does not have the expected shape: {exc}"
+        ) from exc
 
 
 def _claim_pipeline(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
+from bson.errors import BSONError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -15,12 +16,18 @@ from pymongo.errors import (
     ExecutionTimeout,
     NetworkTimeout,
     NotPrimaryError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
 
-from shared.storage.errors import StorageError, StoreRejected, StoreUnavailable
+from shared.storage.errors import (
+    DocumentNotStorable,
+    StorageError,
+    StoreRejected,
+    StoreUnavailable,
+)
 
 __all__ = [
     "DEAD_LETTER_EVENTS",
@@ -29,6 +36,7 @@ __all__ = [
     "Document",
     "open_mongo",
     "ping",
+    "server_says_retry",
     "translate_errors",
 ]
 
@@ -47,6 +55,53 @@ _TRANSIENT = (
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
+
+RETRYABLE_SERVER_CODES: Final = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        24,  # LockTimeout
+        46,  # LockBusy
+        50,  # MaxTimeMSExpired
+        64,  # WriteConcernFailed (WriteConcernTimeout in MongoDB 8)
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        112,  # WriteConflict
+        133,  # FailedToSatisfyReadPreference
+        134,  # ReadConcernMajorityNotAvailableYet
+        189,  # PrimarySteppedDown
+        202,  # NetworkInterfaceExceededTimeLimit
+        262,  # ExceededTimeLimit
+        365,  # TemporarilyUnavailable
+        9001,  # SocketException
+        10058,  # LegacyNotPrimary
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11601,  # Interrupted
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+    }
+)
+"""Server error codes that mean "try again": the retryable-writes spec's list plus
+lock, interruption and write-concern codes MongoDB 7/8 return under load."""
+RETRYABLE_LABELS: Final = ("RetryableWriteError", "TransientTransactionError")
+"""Error labels with which the server itself marks an error retryable."""
+DOCUMENT_SERVER_CODES: Final = frozenset(
+    {
+        10334,  # BSONObjectTooLarge
+        17419,  # an update would make the document larger than 16 MiB
+        17280,  # KeyTooLong (index key over the limit, old feature compatibility versions)
+    }
+)
+"""Server error codes that refuse the document itself (the same document fails again)."""
+
+
+def server_says_retry(exc: OperationFailure) -> bool:
+    """Whether the server marked ``exc`` retryable (by code or by error label)."""
+    if exc.code in RETRYABLE_SERVER_CODES:
+        return True
+    return any(exc.has_error_label(label) for label in RETRYABLE_LABELS)
 
 
 def open_mongo(
@@ -71,15 +126,34 @@ def open_mongo(
 
 @contextlib.contextmanager
 def translate_errors(operation: str) -> Iterator[None]:
-    """Re-raise PyMongo errors raised inside the block as :class:`StorageError` types."""
+    """Re-raise PyMongo and BSON errors raised inside the block as :class:`StorageError` types.
+
+    Encoding errors (``bson.errors.InvalidDocument``, ``DocumentTooLarge``,
+    ``OverflowError`` for an integer beyond 64 bits, ...) are
+    :class:`DocumentNotStorable`: the same document fails the same way again.
+    """
     try:
         yield
     except StorageError:
         raise
+    except (BSONError, OverflowError) as exc:
+        raise DocumentNotStorable(f"{operation}: {_describe(exc)}") from exc
     except _TRANSIENT as exc:
-        raise StoreUnavailable(f"{operation}: {type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailable(f"{operation}: {_describe(exc)}") from exc
+    except OperationFailure as exc:
+        if server_says_retry(exc):
+            raise StoreUnavailable(f"{operation}: {_describe(exc)}") from exc
+        if exc.code in DOCUMENT_SERVER_CODES:
+            raise DocumentNotStorable(f"{operation}: {_describe(exc)}") from exc
+        raise StoreRejected(f"{operation}: {_describe(exc)}") from exc
     except PyMongoError as exc:
-        raise StoreRejected(f"{operation}: {type(exc).__name__}: {exc}") from exc
+        raise StoreRejected(f"{operation}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    suffix = f" (server code {code})" if isinstance(code, int) else ""
+    return f"{type(exc).__name__}: {exc}{suffix}"
 
 
 async def ping(db: AsyncDatabase[Document]) -> float:

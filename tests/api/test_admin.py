@@ -7,6 +7,7 @@ mock downstream over HTTP.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -229,7 +230,7 @@ async def test_show_returns_the_event_every_attempt_and_every_replay(
         "pending",
         "retries_exhausted",
     )
-    assert detail["event"]["event_id"] == "evt_1"
+    assert json.loads(detail["event"])["event_id"] == "evt_1"
     assert [a["attempt"] for a in detail["attempts"]] == [1, 2]
     assert [(r["by"], r["job_id"], r["outcome"]) for r in detail["replays"]] == [
         ("carol", f"replay/1/{KEY}", None)

@@ -8,6 +8,7 @@ import pickle
 import time
 
 import httpx
+import msgspec
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
@@ -54,7 +55,7 @@ async def test_event_signed_by_the_reference_library_is_accepted_and_queued(
     assert job.event.event_id == event_id
     assert job.event.event_type is EventType.PICKED_UP
     assert job.event.shipment.id == "shp_123"
-    assert job.event.data == event_payload(event_id)["data"]
+    assert msgspec.json.decode(job.event.data) == event_payload(event_id)["data"]
     assert abs(job.received_at_ms - time.time() * 1000) < 60_000
     assert await redis.zscore(settings.queue_name, f"acme:{event_id}") is not None
 

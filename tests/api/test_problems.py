@@ -308,6 +308,58 @@ async def test_missing_top_level_field_is_named(client: httpx.AsyncClient) -> No
     ]
 
 
+async def test_422_names_every_invalid_field_not_only_the_first(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = event_payload(
+        event_type="shipment.teleported",
+        shipment={"id": "", "order_id": 9},
+        location={"lat": 91, "lon": 0},
+        data=[],
+    )
+    del payload["occurred_at"]
+    body, headers = signed(payload)
+    response = await client.post("/v1/events/acme", content=body, headers=headers)
+    problem = assert_problem(response, 422, "validation_failed")
+    fields = [error["field"] for error in problem["errors"]]
+    # msgspec's own first error comes first; every other invalid field follows.
+    assert fields[0] == "event_type"
+    assert sorted(fields) == sorted(
+        [
+            "event_type",
+            "occurred_at",
+            "shipment.id",
+            "shipment.order_id",
+            "location.lat",
+            "data",
+        ]
+    )
+    assert all(error["message"] for error in problem["errors"])
+
+
+async def test_422_with_two_invalid_fields_names_both(client: httpx.AsyncClient) -> None:
+    body, headers = signed(event_payload(event_id="", shipment={"id": "shp_1", "order_id": ""}))
+    response = await client.post("/v1/events/acme", content=body, headers=headers)
+    problem = assert_problem(response, 422, "validation_failed")
+    assert problem["errors"] == [
+        {"field": "event_id", "message": "Expected `str` of length >= 1"},
+        {"field": "shipment.order_id", "message": "Expected `str` of length >= 1"},
+    ]
+
+
+async def test_a_body_nested_too_deeply_to_decode_is_422_not_500(
+    client: httpx.AsyncClient,
+) -> None:
+    depth = 50_000
+    body, headers = signed(event_payload(data={"deep": "__DEEP__"}))
+    body = body.replace(b'"__DEEP__"', b"[" * depth + b"]" * depth)
+    headers = our_headers(body)
+    response = await client.post("/v1/events/acme", content=body, headers=headers)
+    problem = assert_problem(response, 422, "validation_failed")
+    assert problem["errors"][0]["field"] == ""
+    assert "too deeply" in problem["errors"][0]["message"]
+
+
 @pytest.mark.parametrize("body", [b"[]", b"null", b"42", b'"event"'])
 async def test_json_that_is_not_an_object_is_422_about_the_whole_body(
     client: httpx.AsyncClient, body: bytes

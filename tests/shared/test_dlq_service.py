@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,7 +48,7 @@ from shared.queue import QueueUnavailable
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
-from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
+from shared.storage.mongo import PROCESSED_EVENTS, Document
 from tests.factories import T0, make_event, write_letter
 from tests.plugins.dlq import MakeService
 from tests.plugins.servers import snapshot
@@ -250,7 +251,8 @@ async def test_show_has_the_event_every_attempt_every_replay_and_the_key_record(
         "downstream_unavailable",
     )
     assert detail.event is not None
-    assert (detail.event["event_id"], detail.event["shipment"]["id"]) == ("evt_1", "shp_evt_1")
+    event = json.loads(detail.event)
+    assert (event["event_id"], event["shipment"]["id"]) == ("evt_1", "shp_evt_1")
     assert detail.request_id == "req_evt_1"
     assert [a.attempt for a in detail.attempts] == [1, 2, 1, 2]
     assert all(a.code == "downstream_unavailable" and a.transient for a in detail.attempts)
@@ -306,9 +308,9 @@ async def test_replay_after_the_cause_is_fixed_ends_succeeded_with_one_effect(
 
     letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert letter["status"] == "replayed"
-    (entry,) = letter["replays"]
-    assert (entry["by"], entry["job_id"], entry["outcome"]) == (
+    assert letter.status == "replayed"
+    (entry,) = letter.replays
+    assert (entry.by, entry.job_id, entry.outcome) == (
         "alice",
         f"replay/1/{key}",
         "succeeded",
@@ -386,8 +388,8 @@ async def test_replaying_an_entry_whose_event_has_since_succeeded_is_a_reported_
     assert "already succeeded" in result.detail
     letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert letter["status"] == "replayed"
-    assert [(r["by"], r["job_id"], r["outcome"]) for r in letter["replays"]] == [
+    assert letter.status == "replayed"
+    assert [(r.by, r.job_id, r.outcome) for r in letter.replays] == [
         ("alice", None, "already_succeeded")
     ]
     assert await redis.zcard(settings.queue_name) == 0
@@ -413,9 +415,9 @@ async def test_a_replay_that_fails_again_returns_to_pending_and_can_be_replayed_
 
     letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert letter["status"] == "replayed"
-    assert [r["outcome"] for r in letter["replays"]] == ["dead_lettered", "succeeded"]
-    assert len(letter["attempts"]) == 4
+    assert letter.status == "replayed"
+    assert [r.outcome for r in letter.replays] == ["dead_lettered", "succeeded"]
+    assert len(letter.attempts) == 4
     assert (await downstream.deliveries()).ok == {key: 1}
 
 
@@ -532,8 +534,8 @@ async def test_a_replay_redis_refused_is_closed_as_enqueue_failed_and_can_be_ret
         await service.replay(key, by="ops")
     letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert letter["status"] == "pending"
-    assert [(r["job_id"], r["outcome"]) for r in letter["replays"]] == [
+    assert letter.status == "pending"
+    assert [(r.job_id, r.outcome) for r in letter.replays] == [
         (f"replay/1/{key}", "enqueue_failed")
     ]
     redis_server.start()
@@ -708,7 +710,7 @@ async def test_discard_without_a_reason_is_refused_and_changes_nothing(
         await service.discard(key, by="ops", reason=reason)
     letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert (letter["status"], letter.get("discard_reason")) == ("pending", None)
+    assert (letter.status, letter.discard_reason) == ("pending", None)
 
 
 async def test_discard_records_the_reason_and_the_operator_and_is_idempotent(
@@ -727,9 +729,9 @@ async def test_discard_records_the_reason_and_the_operator_and_is_idempotent(
         "order was cancelled upstream",
         "alice",
     )
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": key})
+    letter = await DeadLetters(mongo_db).get(key)
     assert letter is not None
-    assert (letter["status"], letter["discard_reason"], letter["discarded_by"]) == (
+    assert (letter.status, letter.discard_reason, letter.discarded_by) == (
         "discarded",
         "order was cancelled upstream",
         "alice",

@@ -136,7 +136,7 @@ async def test_unknown_exceptions_become_retries_then_a_dead_letter_never_an_arq
     assert (info.success, info.result, info.job_try) == (True, "dead_lettered", 3)
     letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
     assert letter is not None
-    assert letter["reason"] == "retries_exhausted"
+    assert letter.reason == "retries_exhausted"
 
 
 async def test_job_cut_off_by_arqs_own_timeout_is_rerun_not_failed_and_not_counted(
@@ -160,7 +160,7 @@ async def test_job_cut_off_by_arqs_own_timeout_is_rerun_not_failed_and_not_count
     assert (info.success, info.result) == (True, "succeeded")
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("succeeded", 0)
+    assert (record.status, record.attempts) == ("succeeded", 0)
 
 
 async def test_job_results_are_msgpack_not_pickle(
@@ -231,4 +231,4 @@ async def test_job_cut_off_by_arqs_timeout_while_recording_a_failure_is_rerun_no
     assert (info.success, info.result) == (True, "succeeded")
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("succeeded", 0)
+    assert (record.status, record.attempts) == ("succeeded", 0)

@@ -18,7 +18,7 @@ from gateway_worker.errors import (
     TransientError,
 )
 from shared.queue import QueueUnavailable
-from shared.storage.errors import StoreRejected, StoreUnavailable
+from shared.storage.errors import DocumentNotStorable, StoreRejected, StoreUnavailable
 
 
 def _undecodable() -> msgspec.ValidationError:
@@ -46,6 +46,14 @@ TABLE: list[tuple[str, BaseException, bool, ErrorCode]] = [
     ),
     ("mongo not primary", StoreUnavailable("claim: NotPrimaryError"), True, C.STORE_UNAVAILABLE),
     ("mongo refusal", StoreRejected("apply: OperationFailure: bad"), False, C.STORE_REJECTED),
+    (
+        "unencodable document",
+        DocumentNotStorable(
+            "dead_letter: OverflowError: MongoDB can only handle up to 8-byte ints"
+        ),
+        False,
+        C.DOCUMENT_NOT_STORABLE,
+    ),
     ("redis connection error", RedisConnectionError("refused"), True, C.QUEUE_UNAVAILABLE),
     ("redis timeout", RedisTimeoutError("slow"), True, C.QUEUE_UNAVAILABLE),
     ("redis error reply", ResponseError("LOADING"), True, C.QUEUE_UNAVAILABLE),

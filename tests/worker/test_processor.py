@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from arq.worker import Retry
 from pymongo import AsyncMongoClient
@@ -22,7 +23,7 @@ from shared.contracts import EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
-from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document, open_mongo
+from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, open_mongo
 from shared.storage.shipments import Shipments
 from tests.factories import T0, Clock, make_event, payload
 from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
@@ -99,9 +100,9 @@ async def test_happy_path_applies_delivers_marks_in_three_mongo_round_trips(
 
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("succeeded", 0)
-    assert "lease_until" not in record
-    assert record["completed_at"] is not None
+    assert (record.status, record.attempts) == ("succeeded", 0)
+    assert (record.lease_until, record.lease_owner, record.lease_job_id) == (None, None, None)
+    assert record.completed_at is not None
     shipment = await Shipments(mongo_db).get("acme", "shp_1")
     assert shipment is not None
     assert shipment["status"] == "picked_up"
@@ -163,8 +164,8 @@ async def test_job_behind_another_jobs_live_lease_is_deferred_not_counted(
     assert 20_000 <= defer_ms <= 23_000
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert record["attempts"] == 0
-    assert record["lease_job_id"] == "first"
+    assert record.attempts == 0
+    assert record.lease_job_id == "first"
     assert sample(metrics, "gateway_worker_jobs_total", outcome="deferred") == 1
 
 
@@ -208,23 +209,24 @@ async def test_rejected_event_is_dead_lettered_after_one_attempt_without_deliver
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
     record = await ProcessedEvents(mongo_db).get("acme:evt_2")
     assert record is not None
-    assert (record["status"], record["attempts"], record["last_error"]["code"]) == (
+    assert record.last_error is not None
+    assert (record.status, record.attempts, record.last_error.code) == (
         "dead_lettered",
         1,
         code,
     )
     letter = await DeadLetters(mongo_db).get("acme:evt_2")
     assert letter is not None
-    assert (letter["reason"], letter["error"]["code"], letter["status"]) == (
+    assert (letter.reason, letter.error.code, letter.status) == (
         "permanent",
         code,
         "pending",
     )
-    assert [a["attempt"] for a in letter["attempts"]] == [1]
-    assert letter["attempts"][0]["transient"] is False
-    assert letter["event"]["event_id"] == "evt_2"
-    assert letter["event"]["shipment"]["order_id"] == second.event.shipment.order_id
-    assert (letter["source"], letter["shipment_id"]) == ("acme", "shp_1")
+    assert [a.attempt for a in letter.attempts] == [1]
+    assert letter.attempts[0].transient is False
+    assert (letter.event_id, letter.event_type) == ("evt_2", second.event.event_type.value)
+    assert letter.body == second.body
+    assert (letter.source, letter.shipment_id) == ("acme", "shp_1")
     assert sample(metrics, "gateway_worker_dead_letters_total", reason="permanent", code=code) == 1
 
 
@@ -241,7 +243,7 @@ async def test_downstream_400_is_dead_lettered_after_one_attempt(
     assert (result, retries) == ("dead_lettered", [])
     letter = await DeadLetters(mongo_db).get("acme:evt_1")
     assert letter is not None
-    assert (letter["reason"], letter["error"]["code"]) == ("permanent", "downstream_rejected")
+    assert (letter.reason, letter.error.code) == ("permanent", "downstream_rejected")
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
 
 
@@ -260,20 +262,20 @@ async def test_transient_failures_are_retried_with_jittered_backoff_then_succeed
     assert len(retries) == 2
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("succeeded", 2)
-    for number, (entry, retry) in enumerate(zip(record["attempt_log"], retries, strict=True), 1):
+    assert (record.status, record.attempts) == ("succeeded", 2)
+    for number, (entry, retry) in enumerate(zip(record.attempt_log, retries, strict=True), 1):
         bound_ms = 1000 * backoff_bound(
             number,
             base_s=settings.backoff_base_s,
             multiplier=settings.backoff_multiplier,
             cap_s=settings.backoff_cap_s,
         )
-        assert entry["attempt"] == number
-        assert entry["code"] == "downstream_unavailable"
-        assert entry["transient"] is True
+        assert entry.attempt == number
+        assert entry.code == "downstream_unavailable"
+        assert entry.transient is True
         assert retry.defer_score is not None
         assert 0 <= retry.defer_score <= round(bound_ms)
-        assert entry["retry_in_ms"] == retry.defer_score
+        assert entry.retry_in_ms == retry.defer_score
     assert (await downstream.deliveries()).ok == {"acme:evt_1": 1}
 
 
@@ -304,9 +306,9 @@ async def test_unknown_exceptions_are_retried_until_attempts_run_out(
     assert (result, len(retries), deliverer.calls) == ("dead_lettered", 2, 3)
     letter = await DeadLetters(mongo_db).get("acme:evt_1")
     assert letter is not None
-    assert (letter["reason"], letter["error"]["code"]) == ("retries_exhausted", "unexpected_error")
-    assert [a["attempt"] for a in letter["attempts"]] == [1, 2, 3]
-    assert letter["error"]["message"] == "RuntimeError: a bug"
+    assert (letter.reason, letter.error.code) == ("retries_exhausted", "unexpected_error")
+    assert [a.attempt for a in letter.attempts] == [1, 2, 3]
+    assert letter.error.message == "RuntimeError: a bug"
     assert sample(metrics, "gateway_worker_retries_total", code="unexpected_error") == 2
 
 
@@ -328,10 +330,9 @@ async def test_cancelled_run_gives_its_lease_back_without_counting_an_attempt(
         await task
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("retrying", 0)
-    assert "lease_until" not in record
-    assert "attempt_log" in record
-    assert record["attempt_log"] == []
+    assert (record.status, record.attempts) == ("retrying", 0)
+    assert record.lease_until is None
+    assert record.attempt_log == ()
     assert sample(metrics, "gateway_worker_jobs_total", outcome="cancelled") == 1
     # The re-run takes the key and finishes it.
     deliverer.release.set()
@@ -349,8 +350,9 @@ async def test_steps_past_the_job_deadline_are_a_counted_transient_failure(
         await processor.process(queued.idempotency_key, 1, payload(queued))
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("retrying", 1)
-    assert record["last_error"]["code"] == "job_timeout"
+    assert (record.status, record.attempts) == ("retrying", 1)
+    assert record.last_error is not None
+    assert record.last_error.code == "job_timeout"
 
 
 @pytest.fixture
@@ -396,13 +398,33 @@ async def test_undecodable_payload_is_dead_lettered_under_its_job_id(
     assert await processor.process("acme:evt_9", 1, broken) == "dead_lettered"
     letter = await DeadLetters(mongo_db).get("acme:evt_9")
     assert letter is not None
-    assert (letter["reason"], letter["error"]["code"]) == ("permanent", "undecodable_payload")
-    assert letter["event"] == broken["event"]
+    assert (letter.reason, letter.error.code) == ("permanent", "undecodable_payload")
+    # A job in the old format (the event decoded): its event is kept as JSON.
+    assert letter.body == msgspec.json.encode(broken["event"])
     record = await ProcessedEvents(mongo_db).get("acme:evt_9")
     assert record is not None
-    assert record["status"] == "dead_lettered"
+    assert record.status == "dead_lettered"
     # Not a dict at all: still dead-lettered, never an arq failure.
     assert await processor.process("weird", 1, ["not", "an", "event"]) == "dead_lettered"
+
+
+async def test_a_body_that_no_longer_decodes_is_dead_lettered_byte_exact(
+    worker_settings: Callable[..., Settings],
+    make_processor: MakeProcessor,
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    processor = make_processor(worker_settings())
+    body = b'{"event_id": "evt_1", "event_type": "shipment.teleported", "data": {"n": 1e999}}'
+    queued = msgspec.structs.replace(make_event(), body=body)
+    result, _ = await run_to_end(processor, queued)
+    assert result == "dead_lettered"
+    letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
+    assert letter is not None
+    assert (letter.reason, letter.error.code) == ("permanent", "undecodable_payload")
+    assert (letter.body, letter.shipment_id, letter.event_type) == (body, None, None)
+    record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
+    assert record is not None
+    assert record.status == "dead_lettered"
 
 
 async def _dead_letter_then_add_replay(
@@ -445,12 +467,12 @@ async def test_replayed_dead_letter_is_processed_once_and_marked_replayed(
     assert await processor.process("replay-2", 1, payload(replayed)) == "duplicate"
     letter = await DeadLetters(mongo_db).get("acme:evt_1")
     assert letter is not None
-    assert letter["status"] == "replayed"
-    assert [r["outcome"] for r in letter["replays"]] == ["succeeded", "duplicate"]
+    assert letter.status == "replayed"
+    assert [r.outcome for r in letter.replays] == ["succeeded", "duplicate"]
     assert (await downstream.deliveries()).ok == {"acme:evt_1": 1}
     record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert record["status"] == "succeeded"
+    assert record.status == "succeeded"
 
 
 async def test_replay_that_fails_again_returns_the_dead_letter_to_pending_with_new_attempts(
@@ -472,12 +494,12 @@ async def test_replay_that_fails_again_returns_the_dead_letter_to_pending_with_n
     assert (result, len(retries)) == ("dead_lettered", 1)
     letter = await DeadLetters(mongo_db).get("acme:evt_1")
     assert letter is not None
-    assert letter["status"] == "pending"
-    assert [a["attempt"] for a in letter["attempts"]] == [1, 2, 1, 2]
-    assert [r["outcome"] for r in letter["replays"]] == ["dead_lettered"]
-    record = await mongo_db[PROCESSED_EVENTS].find_one({"_id": "acme:evt_1"})
+    assert letter.status == "pending"
+    assert [a.attempt for a in letter.attempts] == [1, 2, 1, 2]
+    assert [r.outcome for r in letter.replays] == ["dead_lettered"]
+    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
     assert record is not None
-    assert (record["status"], record["attempts"]) == ("dead_lettered", 2)
+    assert (record.status, record.attempts) == ("dead_lettered", 2)
 
 
 def msgspec_replace(queued: QueuedEvent, **changes: Any) -> QueuedEvent:

@@ -85,7 +85,7 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
 async def lease_owner(db: AsyncDatabase[Document], key: str) -> str:
     async def owner() -> str | None:
         record = await ProcessedEvents(db).get(key)
-        return None if record is None else record.get("lease_owner")
+        return None if record is None else record.lease_owner
 
     result: str = await wait_until(owner, every_s=0.02)
     return result
@@ -179,9 +179,9 @@ async def test_downstream_503_twice_then_200_succeeds_with_two_attempts_within_b
 
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert record["attempts"] == 2
-    log = record["attempt_log"]
-    assert [(a["attempt"], a["code"], a["transient"]) for a in log] == [
+    assert record.attempts == 2
+    log = record.attempt_log
+    assert [(a.attempt, a.code, a.transient) for a in log] == [
         (1, "downstream_unavailable", True),
         (2, "downstream_unavailable", True),
     ]
@@ -194,7 +194,8 @@ async def test_downstream_503_twice_then_200_succeeds_with_two_attempts_within_b
             multiplier=settings.backoff_multiplier,
             cap_s=settings.backoff_cap_s,
         )
-        chosen_s = entry["retry_in_ms"] / 1000
+        assert entry.retry_in_ms is not None
+        chosen_s = entry.retry_in_ms / 1000
         assert 0 <= chosen_s <= bound_s + 0.001
         failed_at = deliveries[number - 1].answered_at
         assert failed_at is not None
@@ -220,10 +221,10 @@ async def test_downstream_always_503_is_dead_lettered_after_exactly_max_attempts
 
     letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
     assert letter is not None
-    assert (letter["reason"], letter["status"]) == ("retries_exhausted", "pending")
-    assert letter["error"]["code"] == "downstream_unavailable"
-    assert [a["attempt"] for a in letter["attempts"]] == [1, 2, 3, 4]
-    assert all(a["code"] == "downstream_unavailable" for a in letter["attempts"])
+    assert (letter.reason, letter.status) == ("retries_exhausted", "pending")
+    assert letter.error.code == "downstream_unavailable"
+    assert [a.attempt for a in letter.attempts] == [1, 2, 3, 4]
+    assert all(a.code == "downstream_unavailable" for a in letter.attempts)
     assert (await downstream.deliveries()).counts == {queued.idempotency_key: 4}
     info = await Job(queued.idempotency_key, redis, _deserializer=deserialize).result_info()
     assert info is not None
@@ -259,11 +260,11 @@ async def test_permanent_failures_are_dead_lettered_after_one_attempt_without_re
     for key, code in cases.items():
         letter = await DeadLetters(mongo_db).get(key)
         assert letter is not None
-        assert (letter["reason"], letter["error"]["code"]) == ("permanent", code)
-        assert [a["attempt"] for a in letter["attempts"]] == [1]
+        assert (letter.reason, letter.error.code) == ("permanent", code)
+        assert [a.attempt for a in letter.attempts] == [1]
         record = await ProcessedEvents(mongo_db).get(key)
         assert record is not None
-        assert record["attempts"] == 1
+        assert record.attempts == 1
     assert (await downstream.deliveries()).counts == {
         delivered.idempotency_key: 1,
         rejected.idempotency_key: 1,
@@ -302,7 +303,7 @@ async def test_worker_killed_mid_job_is_finished_by_the_other_worker_with_one_ef
 
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert record["attempts"] == 0
+    assert record.attempts == 0
     shipment = await Shipments(mongo_db).get("acme", "shp_1")
     assert shipment is not None
     assert [h["event_id"] for h in shipment["history"]] == ["evt_1"]
@@ -368,7 +369,7 @@ async def test_job_longer_than_the_grace_period_is_rerun_elsewhere_and_not_count
 
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
-    assert (record["attempts"], record["attempt_log"]) == (0, [])
+    assert (record.attempts, record.attempt_log) == (0, ())
     cancelled = [line for line in stopping.log_lines() if line.get("event") == "job.cancelled"]
     assert [line["lease_released"] for line in cancelled] == [True]
     log = await downstream.deliveries()

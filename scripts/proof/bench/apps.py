@@ -74,12 +74,14 @@ def create_minimal_enqueue_app() -> Litestar:
 
     @post("/v1/events/{source:str}", status_code=202)
     async def enqueue(request: Request[Any, Any, Any], source: str) -> Response[bytes]:
-        event = decode_event(await request.body())
+        body = await request.body()
+        event = decode_event(body)
         key = idempotency_key(source, event.event_id)
         job = QueuedEvent(
             idempotency_key=key,
             source=source,
-            event=event,
+            event_id=event.event_id,
+            body=body,
             request_id=uuid.uuid4().hex,
             received_at_ms=int(time.time() * 1000),
         )

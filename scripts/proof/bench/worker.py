@@ -112,12 +112,14 @@ def make_events(count: int, *, seed: int, prefix: str) -> list[QueuedEvent]:
     while len(events) < count:
         serial += 1
         for planned in plan_lifecycle(rng, prefix, serial, start):
-            event = decode_event(planned.body())
+            body = planned.body()
+            event = decode_event(body)
             events.append(
                 QueuedEvent(
                     idempotency_key=f"{SOURCE}:{event.event_id}",
                     source=SOURCE,
-                    event=event,
+                    event_id=event.event_id,
+                    body=body,
                     request_id=f"req_{prefix}_{len(events)}",
                     received_at_ms=now_ms,
                 )

@@ -21,9 +21,9 @@ from scripts.proof.chaos.report import (
     ShipmentDoc,
 )
 from shared.queue import deserialize
+from shared.storage.dead_letters import DeadLetterFilter, DeadLetters
+from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import (
-    DEAD_LETTER_EVENTS,
-    PROCESSED_EVENTS,
     SHIPMENTS,
     Document,
 )
@@ -48,17 +48,12 @@ class Collector:
 
     async def processed(self) -> dict[str, ProcessedDoc]:
         found: dict[str, ProcessedDoc] = {}
-        projection = {"status": 1, "attempts": 1, "completed_at": 1, "attempt_log": 1}
-        async for doc in self.db[PROCESSED_EVENTS].find({}, projection):
-            completed = doc.get("completed_at")
-            found[str(doc["_id"])] = ProcessedDoc(
-                status=str(doc.get("status")),
-                attempts=int(doc.get("attempts", 0)),
-                completed_at=completed.timestamp() if isinstance(completed, datetime) else None,
-                attempt_log=tuple(
-                    (entry["at"].timestamp(), str(entry["code"]))
-                    for entry in doc.get("attempt_log", ())
-                ),
+        async for doc in ProcessedEvents(self.db).scan():
+            found[doc.key] = ProcessedDoc(
+                status=doc.status.value,
+                attempts=doc.attempts,
+                completed_at=None if doc.completed_at is None else doc.completed_at.timestamp(),
+                attempt_log=tuple((a.at.timestamp(), a.code) for a in doc.attempt_log),
             )
         return found
 
@@ -78,13 +73,11 @@ class Collector:
 
     async def dead_letters(self) -> dict[str, DeadLetterDoc]:
         found: dict[str, DeadLetterDoc] = {}
-        async for doc in self.db[DEAD_LETTER_EVENTS].find({}):
-            found[str(doc["idempotency_key"])] = DeadLetterDoc(
-                reason=str(doc["reason"]),
-                code=str(doc["error"]["code"]),
-                attempts=tuple(
-                    (a["at"].timestamp(), str(a["code"])) for a in doc.get("attempts", ())
-                ),
+        async for letter in DeadLetters(self.db).iterate(DeadLetterFilter()):
+            found[letter.key] = DeadLetterDoc(
+                reason=letter.reason,
+                code=letter.error.code,
+                attempts=tuple((a.at.timestamp(), a.code) for a in letter.attempts),
             )
         return found
 
