@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
 from shared.contracts import QueuedEvent
 from shared.queue import Enqueuer, QueueUnavailable, open_queue_pool
-from shared.settings import SOURCE_ID_PATTERN, Settings, SettingsError, SourceConfig, redact_url
+from shared.settings import Settings, SourceConfig, check_settings, redact_url
 from shared.signing import verify_hex, verify_standard
 from shared.storage.mongo import Document, open_mongo
 
@@ -61,18 +61,12 @@ class SourceVerifier:
 
 
 def _verifiers(settings: Settings) -> dict[str, SourceVerifier]:
-    verifiers: dict[str, SourceVerifier] = {}
-    for source_id, config in settings.sources.items():
-        # load_settings checks this too; Settings built in code skip load_settings.
-        if not SOURCE_ID_PATTERN.fullmatch(source_id):
-            raise SettingsError(
-                f"GATEWAY_SOURCES: source id {source_id!r} must match {SOURCE_ID_PATTERN.pattern}"
-            )
-        try:
-            verifiers[source_id] = SourceVerifier(config, settings.signature_tolerance_s)
-        except ValueError as exc:
-            raise SettingsError(f"GATEWAY_SOURCES: {source_id}: {exc}") from exc
-    return verifiers
+    # Settings built in code skip load_settings: run its cross-field checks here too.
+    check_settings(settings)
+    return {
+        source_id: SourceVerifier(config, settings.signature_tolerance_s)
+        for source_id, config in settings.sources.items()
+    }
 
 
 class ApiResources:
