@@ -39,6 +39,8 @@ TEST_HEX_SECRET = "test-only-" + uuid.uuid4().hex
 DOWNSTREAM_SECRET = generate_secret()
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+KEY = "acme:evt_1"
+"""The idempotency key the storage tests store under."""
 
 JSON = {"content-type": "application/json"}
 
@@ -71,6 +73,32 @@ def make_event(
         request_id=f"req_{event_id}",
         received_at_ms=int(time.time() * 1000),
         replay=replay,
+    )
+
+
+def queued_with_body(body: bytes, key: str = KEY) -> QueuedEvent:
+    """A queued event of ``key`` carrying ``body`` as it is (any bytes, valid or not)."""
+    source, _, event_id = key.partition(":")
+    return QueuedEvent(
+        idempotency_key=key,
+        source=source,
+        event_id=event_id,
+        body=body,
+        request_id="req_1",
+        received_at_ms=1_795_000_000_000,
+    )
+
+
+def failure(attempt: int, at_s: float = 0) -> AttemptRecord:
+    """A transient failed attempt ``at_s`` after ``T0``."""
+    return AttemptRecord(
+        attempt=attempt,
+        at=T0 + timedelta(seconds=at_s),
+        code="downstream_unavailable",
+        message="downstream answered 503",
+        transient=True,
+        duration_ms=12,
+        retry_in_ms=40,
     )
 
 

@@ -8,10 +8,15 @@ import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.contracts import ReplayRef
-from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
+from shared.storage.dead_letters import (
+    DeadLetterDocument,
+    DeadLetterReason,
+    DeadLetters,
+    ReplayOutcome,
+)
 from shared.storage.events import AttemptRecord
 from shared.storage.mongo import DEAD_LETTER_EVENTS, Document
-from tests.shared.storage_factories import KEY, T0, failure, queued
+from tests.factories import KEY, T0, failure, queued_with_body
 
 
 async def test_dead_letter_document_has_the_contract_fields(
@@ -19,7 +24,7 @@ async def test_dead_letter_document_has_the_contract_fields(
 ) -> None:
     dead_letters = DeadLetters(mongo_db)
     await dead_letters.dead_letter(
-        queued(b'{"event_id": "evt_1"}'),
+        queued_with_body(b'{"event_id": "evt_1"}'),
         shipment_id="shp_1",
         event_type="shipment.picked_up",
         reason=DeadLetterReason.RETRIES_EXHAUSTED,
@@ -51,7 +56,7 @@ async def test_dead_letter_document_has_the_contract_fields(
     assert typed.body == b'{"event_id": "evt_1"}'
     assert typed.queued_event(replay=ReplayRef(by="ops", at_ms=1), request_id="x") == (
         msgspec.structs.replace(
-            queued(b'{"event_id": "evt_1"}'), replay=ReplayRef(by="ops", at_ms=1)
+            queued_with_body(b'{"event_id": "evt_1"}'), replay=ReplayRef(by="ops", at_ms=1)
         )
     )
     assert [set(a) for a in document["attempts"]] == [
@@ -66,7 +71,7 @@ async def test_writing_a_dead_letter_twice_adds_only_new_attempts(
 
     async def write(attempts: list[AttemptRecord], status_after: str | None = None) -> None:
         await dead_letters.dead_letter(
-            queued(b"{}"),
+            queued_with_body(b"{}"),
             shipment_id="shp_1",
             event_type=None,
             reason=DeadLetterReason.PERMANENT,
@@ -112,24 +117,32 @@ async def test_replay_outcome_lands_in_the_entry_of_its_job(
     )
 
 
-async def test_a_body_the_store_refuses_is_dead_lettered_without_it_saying_why(
-    mongo_db: AsyncDatabase[Document],
-) -> None:
-    # Over MongoDB's 16 MiB document limit: the driver refuses to send it.
-    body = b'{"data": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+async def undecodable_letter(
+    mongo_db: AsyncDatabase[Document], body: bytes, message: str
+) -> DeadLetterDocument:
+    """Dead-letter ``body`` as a permanent ``undecodable_payload`` failure; the stored letter."""
     dead_letters = DeadLetters(mongo_db)
     await dead_letters.dead_letter(
-        queued(body),
+        queued_with_body(body),
         shipment_id=None,
         event_type=None,
         reason=DeadLetterReason.PERMANENT,
         code="undecodable_payload",
-        message="too big",
+        message=message,
         attempts=[failure(1)],
         now=T0,
     )
     letter = await dead_letters.get(KEY)
     assert letter is not None
+    return letter
+
+
+async def test_a_body_the_store_refuses_is_dead_lettered_without_it_saying_why(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    # Over MongoDB's 16 MiB document limit: the driver refuses to send it.
+    body = b'{"data": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    letter = await undecodable_letter(mongo_db, body, "too big")
     assert (letter.status, letter.error.code, letter.body) == (
         "pending",
         "undecodable_payload",
@@ -143,17 +156,5 @@ async def test_a_body_that_is_not_utf8_is_kept_as_binary_byte_exact(
     mongo_db: AsyncDatabase[Document],
 ) -> None:
     body = b'{"data": "\xff\xfe"}'
-    dead_letters = DeadLetters(mongo_db)
-    await dead_letters.dead_letter(
-        queued(body),
-        shipment_id=None,
-        event_type=None,
-        reason=DeadLetterReason.PERMANENT,
-        code="undecodable_payload",
-        message="not UTF-8",
-        attempts=[failure(1)],
-        now=T0,
-    )
-    letter = await dead_letters.get(KEY)
-    assert letter is not None
+    letter = await undecodable_letter(mongo_db, body, "not UTF-8")
     assert letter.body == body

@@ -16,7 +16,7 @@ from shared.storage.events import (
     ProcessedEvents,
 )
 from shared.storage.mongo import PROCESSED_EVENTS, Document
-from tests.shared.storage_factories import KEY, T0, failure
+from tests.factories import KEY, T0, failure
 
 
 async def claim(
