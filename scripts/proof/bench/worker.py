@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import click
 import msgspec
@@ -59,6 +59,7 @@ from scripts.proof.bench.worker_report import (
     render_console,
     render_markdown,
 )
+from scripts.proof.options import mongo_url_option, output_option
 from scripts.proof.probes import CommandCounter, cpu_seconds, describe_store
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
@@ -445,7 +446,11 @@ def _worker_counts(value: str) -> tuple[int, ...]:
 @click.command("bench-worker")
 @click.option("--events", type=click.IntRange(1), default=2000, show_default=True)
 @click.option(
-    "--workers", default="1,2,4", show_default=True, help="Worker process counts to measure."
+    "--workers",
+    default="1,2,4",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _worker_counts(value),
+    help="Worker process counts to measure.",
 )
 @click.option(
     "--concurrency",
@@ -454,10 +459,8 @@ def _worker_counts(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Jobs per worker process (GATEWAY_WORKER_CONCURRENCY).",
 )
-@click.option(
-    "--mongo-url",
-    default=None,
-    help="Measure this MongoDB (a fresh database per round, dropped after) instead of mongoeco.",
+@mongo_url_option(
+    "Measure this MongoDB (a fresh database per round, dropped after) instead of mongoeco."
 )
 @click.option(
     "--sample",
@@ -473,34 +476,13 @@ def _worker_counts(value: str) -> tuple[int, ...]:
     default=None,
     help="Workers' GATEWAY_WORKER_POLL_DELAY_S (default: the product default, 0.5).",
 )
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bench-worker-report"),
-    show_default=True,
-)
-def bench_worker_command(
-    events: int,
-    workers: str,
-    concurrency: int,
-    mongo_url: str | None,
-    sample: int,
-    poll_delay_s: float | None,
-    output: Path,
-) -> None:
+@output_option(Path("bench-worker-report"))
+def bench_worker_command(**params: Any) -> None:
     """Events/s of 1, 2 and 4 workers draining a pre-filled queue; MongoDB round trips/event."""
     # The round-trip sample runs the worker's processor in this process: keep its
     # per-job INFO lines out of the benchmark's output.
     configure_logging("WARNING", "console", process="bench-worker")
-    options = BenchWorkerOptions(
-        events=events,
-        workers=_worker_counts(workers),
-        concurrency=concurrency,
-        mongo_url=mongo_url,
-        sample=sample,
-        output=output,
-        poll_delay_s=poll_delay_s,
-    )
+    options = BenchWorkerOptions(**params)
     try:
         report = bench_worker(options)
     except BenchWorkerError as exc:

@@ -4,25 +4,41 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
+from typing import Any
 
 import click
 
 from scripts.harness.services import ServiceError
 from scripts.harness.tcp_proxy import OutageMode
-from scripts.proof.chaos.plan import (
-    ChaosOptions,
-    plan_faults,
-)
+from scripts.proof.chaos.plan import ChaosOptions, plan_faults
 from scripts.proof.chaos.run import run_chaos
+from scripts.proof.options import (
+    drain_timeout_option,
+    mongo_url_option,
+    output_option,
+    seed_option,
+)
 
 __all__ = ["chaos_command"]
+
+
+def _gateway_env(
+    _ctx: click.Context, _param: click.Parameter, settings: tuple[str, ...]
+) -> dict[str, str]:
+    gateway_env: dict[str, str] = {}
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        if not equals or not name.startswith("GATEWAY_"):
+            raise click.BadParameter(f"{setting!r} is not GATEWAY_NAME=VALUE", param_hint="--set")
+        gateway_env[name] = value
+    return gateway_env
 
 
 @click.command("chaos")
 @click.option(
     "--duration",
+    "duration_s",
     type=click.FloatRange(10),
     default=180.0,
     show_default=True,
@@ -32,17 +48,11 @@ __all__ = ["chaos_command"]
     "--rate", type=click.FloatRange(1), default=25.0, show_default=True, help="Events per second."
 )
 @click.option("--workers", type=click.IntRange(2, 16), default=2, show_default=True)
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of the schedule and the load."
-)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/chaos"),
-    show_default=True,
-)
+@seed_option("Seed of the schedule and the load.")
+@output_option(Path("reports/chaos"))
 @click.option(
     "--outage",
+    "outage_s",
     type=click.FloatRange(1),
     default=30.0,
     show_default=True,
@@ -50,74 +60,41 @@ __all__ = ["chaos_command"]
 )
 @click.option(
     "--redis-down",
+    "redis_down_s",
     type=click.FloatRange(0),
     default=3.0,
     show_default=True,
     help="Seconds Redis stays down when restarted.",
 )
-@click.option("--drain-timeout", type=click.FloatRange(1), default=300.0, show_default=True)
+@drain_timeout_option(1)
 @click.option(
     "--mongo-outage-mode",
     type=click.Choice([m.value for m in OutageMode]),
     default=OutageMode.DROP.value,
     show_default=True,
+    callback=lambda _ctx, _param, value: OutageMode(value),
     help="drop: connections reset and refused; blackhole: connections hang.",
 )
 @click.option(
     "--redis-crash", is_flag=True, help="Also SIGKILL Redis (runs it with appendfsync always)."
 )
-@click.option("--mongo-url", help="A MongoDB to use instead of the embedded one (single host).")
+@mongo_url_option("A MongoDB to use instead of the embedded one (single host).")
 @click.option("--mongo-db", help="Database name (default: a fresh chaos_<hex>).")
 @click.option("--port", type=int, help="API port (default: a free one).")
 @click.option(
     "--set",
-    "settings",
+    "gateway_env",
     multiple=True,
     metavar="GATEWAY_NAME=VALUE",
+    callback=_gateway_env,
     help="Override a gateway setting of the run (repeatable).",
 )
 @click.option("--downstream-latency-ms", type=click.FloatRange(0), default=100.0, show_default=True)
-def chaos_command(
-    duration: float,
-    rate: float,
-    workers: int,
-    seed: int,
-    output: Path,
-    outage: float,
-    redis_down: float,
-    drain_timeout: float,
-    mongo_outage_mode: str,
-    redis_crash: bool,
-    mongo_url: str | None,
-    mongo_db: str | None,
-    port: int | None,
-    downstream_latency_ms: float,
-    settings: tuple[str, ...],
-) -> None:
+def chaos_command(**params: Any) -> None:
     """Run the gateway under load, inject faults, and check that nothing accepted is lost."""
-    gateway_env: dict[str, str] = {}
-    for setting in settings:
-        name, equals, value = setting.partition("=")
-        if not equals or not name.startswith("GATEWAY_"):
-            raise click.BadParameter(f"{setting!r} is not GATEWAY_NAME=VALUE", param_hint="--set")
-        gateway_env[name] = value
-    options = ChaosOptions(
-        gateway_env=gateway_env,
-        duration_s=duration,
-        rate=rate,
-        workers=workers,
-        seed=seed,
-        output=output,
-        outage_s=outage,
-        redis_down_s=redis_down,
-        drain_timeout_s=drain_timeout,
-        mongo_outage_mode=OutageMode(mongo_outage_mode),
-        redis_crash=redis_crash,
-        mongo_url=mongo_url,
-        port=port,
-        downstream_latency_ms=downstream_latency_ms,
-        mongo_db=mongo_db or f"chaos_{uuid.uuid4().hex[:8]}",
-    )
+    if params["mongo_db"] is None:
+        del params["mongo_db"]  # ChaosOptions draws a fresh name
+    options = ChaosOptions(**params)
     try:
         plan_faults(options)
     except ValueError as exc:
@@ -133,7 +110,7 @@ def chaos_command(
             f"{k} {'—' if v is None else f'{v:g} s'}" for k, v in fault.recovery.items()
         )
         click.echo(f"fault {fault.kind.value} ({fault.target}): {recovery}")
-    click.echo(f"{'PASS' if report.passed else 'FAIL'} — report in {output / 'report.md'}")
+    click.echo(f"{'PASS' if report.passed else 'FAIL'} — report in {options.output / 'report.md'}")
     if not report.passed:
         sys.exit(1)
 

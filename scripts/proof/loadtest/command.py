@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -18,6 +19,12 @@ from scripts.proof.loadtest.report import (
     Thresholds,
 )
 from scripts.proof.loadtest.run import run_loadtest
+from scripts.proof.options import (
+    drain_timeout_option,
+    mongo_url_option,
+    output_option,
+    seed_option,
+)
 
 __all__ = ["loadtest_command"]
 
@@ -55,12 +62,7 @@ def _verdict(criterion: Criterion) -> str:
     help="Target requests/s of all users together (0: as fast as answers come).",
 )
 @click.option("--spawn-rate", type=click.FloatRange(0, min_open=True), help="Users started per s.")
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("loadtest-report"),
-    show_default=True,
-)
+@output_option(Path("loadtest-report"))
 @click.option("--target", help="Base URL of a running gateway (default: start one here).")
 @click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True)
 @click.option(
@@ -70,20 +72,16 @@ def _verdict(criterion: Criterion) -> str:
     show_default=True,
     help="Share of downstream deliveries the mock answers 503.",
 )
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of traffic and failures."
-)
+@seed_option("Seed of traffic and failures.")
 @click.option("--duplicate-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--out-of-order-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option(
-    "--drain-timeout", "drain_timeout_s", type=click.FloatRange(0), default=300.0, show_default=True
-)
+@drain_timeout_option(0)
 @click.option(
     "--max-p95-ms", type=click.FloatRange(0, min_open=True), default=100.0, show_default=True
 )
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--min-recovery", type=click.FloatRange(0, 1), default=0.99, show_default=True)
-@click.option("--mongo-url", envvar="GATEWAY_MONGO_URL", help="MongoDB to use / to check.")
+@mongo_url_option("MongoDB to use / to check.", envvar="GATEWAY_MONGO_URL")
 @click.option("--mongo-db", envvar="GATEWAY_MONGO_DB", default="gateway", show_default=True)
 @click.option("--redis-url", envvar="GATEWAY_REDIS_URL", help="Redis to use / to watch.")
 @click.option(
@@ -99,27 +97,7 @@ def _verdict(criterion: Criterion) -> str:
     help="py-spy binary: profile the API, worker-1 and the embedded MongoDB during the load.",
 )
 def loadtest_command(
-    users: int,
-    duration_s: int,
-    rate_per_s: float,
-    spawn_rate: float | None,
-    output: Path,
-    target: str | None,
-    workers: int,
-    transient_rate: float,
-    seed: int,
-    duplicate_ratio: float,
-    out_of_order_ratio: float,
-    drain_timeout_s: float,
-    max_p95_ms: float,
-    max_error_rate: float,
-    min_recovery: float,
-    mongo_url: str | None,
-    mongo_db: str,
-    redis_url: str | None,
-    mock_url: str | None,
-    source: str | None,
-    py_spy: str | None,
+    max_p95_ms: float, max_error_rate: float, min_recovery: float, **params: Any
 ) -> None:
     """Load the gateway with Locust and judge the run against SPEC §6 (exit 1 on any miss).
 
@@ -127,34 +105,17 @@ def loadtest_command(
     transiently --transient-rate of the time); with --target it loads a running
     stack, reading its GATEWAY_* variables (source the stack.env of `gateway dev`).
     """
-    options = LoadTestOptions(
-        users=users,
-        duration_s=duration_s,
-        rate_per_s=rate_per_s,
-        spawn_rate=spawn_rate,
-        output=output,
-        target=target,
-        workers=workers,
-        transient_rate=transient_rate,
-        seed=seed,
-        duplicate_ratio=duplicate_ratio,
-        out_of_order_ratio=out_of_order_ratio,
-        drain_timeout_s=drain_timeout_s,
-        thresholds=Thresholds(
-            max_p95_ms=max_p95_ms, max_error_rate=max_error_rate, min_recovery_ratio=min_recovery
-        ),
-        mongo_url=mongo_url or None,
-        mongo_db=mongo_db,
-        redis_url=redis_url or None,
-        mock_url=mock_url or None,
-        source=source,
-        py_spy=py_spy,
+    for name in ("mongo_url", "redis_url", "mock_url"):
+        params[name] = params[name] or None  # an empty variable is not set
+    thresholds = Thresholds(
+        max_p95_ms=max_p95_ms, max_error_rate=max_error_rate, min_recovery_ratio=min_recovery
     )
+    options = LoadTestOptions(thresholds=thresholds, **params)
     console = Console(stderr=True)
     try:
         report = run_loadtest(options, console)
     except LoadTestError as exc:
         raise click.ClickException(str(exc)) from exc
-    _print_summary(report, output, Console())
+    _print_summary(report, options.output, Console())
     if not report.passed:
         sys.exit(1)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
@@ -67,6 +68,7 @@ from scripts.proof.bench.ingest.wrk import (
     run_wrk,
     write_request_pool,
 )
+from scripts.proof.options import output_option
 from scripts.proof.probes import cpu_seconds, find_py_spy, summarize_collapsed_stacks
 from shared.signing import generate_secret
 
@@ -357,29 +359,9 @@ def _cpus(value: str | None) -> str | None:
     show_default=True,
     help="uvicorn factory measured against the bare app.",
 )
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for bench_ingest.json and the raw wrk outputs.",
-)
+@output_option(None, "Directory for bench_ingest.json and the raw wrk outputs.")
 @click.option("--strict", is_flag=True, help="Exit 1 when the target is missed.")
-def bench_ingest_command(
-    duration_s: int,
-    warmup_s: int,
-    rounds: int,
-    connections: int,
-    threads: int,
-    server_workers: int,
-    server_cpus: str,
-    redis_cpus: str,
-    client_cpus: str,
-    no_pin: bool,
-    pool: int | None,
-    profile: bool,
-    ingest_factory: str,
-    output: Path | None,
-    strict: bool,
-) -> None:
+def bench_ingest_command(no_pin: bool, strict: bool, **params: Any) -> None:
     """Benchmark the ingest endpoint against a bare Litestar endpoint (SPEC §6).
 
     Needs wrk (Debian: apt-get install -y wrk) and redis-server on PATH. By
@@ -388,21 +370,10 @@ def bench_ingest_command(
     nor Redis takes from it (docs/performance.md compares the layouts). Exits
     1 on any non-2xx response; a missed target exits 0 unless --strict.
     """
-    options = BenchOptions(
-        duration_s=duration_s,
-        warmup_s=warmup_s,
-        rounds=rounds,
-        connections=connections,
-        threads=threads,
-        server_workers=server_workers,
-        server_cpus=None if no_pin else _cpus(server_cpus),
-        redis_cpus=None if no_pin else _cpus(redis_cpus),
-        client_cpus=None if no_pin else _cpus(client_cpus),
-        pool=pool,
-        profile=profile,
-        ingest_factory=ingest_factory,
-        output=output,
-    )
+    for name in ("server_cpus", "redis_cpus", "client_cpus"):
+        params[name] = None if no_pin else _cpus(params[name])
+    options = BenchOptions(**params)
+    output = options.output
     console = Console(width=max(120, Console().width))
     report = bench_ingest(options, Console(stderr=True))
     render(report, console)

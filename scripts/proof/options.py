@@ -1,0 +1,51 @@
+"""Command-line options the proof commands share (``gateway chaos``, ``loadtest``, ``bench-*``).
+
+Each command names its click parameters after the fields of its options
+dataclass, so the command builds that dataclass from its parameters in one call
+(``ChaosOptions(**params)``); the options that mean the same in several
+commands are declared once here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["drain_timeout_option", "mongo_url_option", "output_option", "seed_option"]
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def output_option(default: Path | None, help: str | None = None) -> Decorator:
+    """``--output``: the directory the command writes its report to."""
+    return click.option(
+        "--output",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def seed_option(help: str) -> Decorator:
+    """``--seed``: the seed of everything the run draws at random (default 1)."""
+    return click.option("--seed", type=int, default=1, show_default=True, help=help)
+
+
+def mongo_url_option(help: str, *, envvar: str | None = None) -> Decorator:
+    """``--mongo-url``: a MongoDB to use instead of the embedded one (``mongo_url``)."""
+    return click.option("--mongo-url", "mongo_url", envvar=envvar, default=None, help=help)
+
+
+def drain_timeout_option(minimum: float) -> Decorator:
+    """``--drain-timeout``: how long to wait for the queue to drain (``drain_timeout_s``)."""
+    return click.option(
+        "--drain-timeout",
+        "drain_timeout_s",
+        type=click.FloatRange(minimum),
+        default=300.0,
+        show_default=True,
+    )
