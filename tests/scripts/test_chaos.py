@@ -14,6 +14,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -152,6 +153,25 @@ def _event(n: int, shipment: str = "s1", *, status: int = 202) -> SentEvent:
     )
 
 
+def fault(
+    kind: FaultKind,
+    target: str,
+    *,
+    at_s: int,
+    lasting_s: int,
+    details: dict[str, Any] | None = None,
+) -> FaultRecord:
+    """A fault planned and started ``at_s`` after ``T0``, ended ``lasting_s`` later."""
+    return FaultRecord(
+        kind=kind,
+        target=target,
+        planned_at_s=at_s,
+        started_at=T0 + at_s,
+        ended_at=T0 + at_s + lasting_s,
+        details=details or {},
+    )
+
+
 def clean_run() -> Collected:
     """A consistent run: events e0..e3 on shipment s1, all succeeded and delivered once."""
     events = [_event(n) for n in range(4)]
@@ -168,12 +188,11 @@ def clean_run() -> Collected:
             late_sends=0,
         ),
         faults=[
-            FaultRecord(
-                kind=FaultKind.WORKER_KILL,
-                target="worker-1",
-                planned_at_s=20,
-                started_at=T0 + 20,
-                ended_at=T0 + 22,
+            fault(
+                FaultKind.WORKER_KILL,
+                "worker-1",
+                at_s=20,
+                lasting_s=2,
                 details={"in_flight": ["chaos:e2"]},
             )
         ],
@@ -311,13 +330,7 @@ def test_a_second_delivery_is_explained_by_a_run_the_workers_logged_failing_afte
 def test_an_outage_window_alone_does_not_explain_a_second_delivery() -> None:
     run = clean_run()
     run.faults = [
-        FaultRecord(
-            kind=kind,
-            target="x",
-            planned_at_s=1,
-            started_at=T0 + 1,
-            ended_at=T0 + 3,
-        )
+        fault(kind, "x", at_s=1, lasting_s=2)
         for kind in (FaultKind.REDIS_RESTART, FaultKind.MONGO_OUTAGE, FaultKind.DOWNSTREAM_OUTAGE)
     ]
     run.deliveries.append(DeliveryRecord(key="chaos:e2", status=200, received_at=T0 + 30))
@@ -427,14 +440,7 @@ def test_a_process_dying_by_itself_or_a_worker_failing_its_sigterm_is_a_violatio
     assert failing(run) == {"processes_survived"}
     run = clean_run()
     run.faults.append(
-        FaultRecord(
-            kind=FaultKind.WORKER_TERM,
-            target="worker-2",
-            planned_at_s=40,
-            started_at=T0 + 40,
-            ended_at=T0 + 44,
-            details={"exit_code": 1},
-        )
+        fault(FaultKind.WORKER_TERM, "worker-2", at_s=40, lasting_s=4, details={"exit_code": 1})
     )
     assert failing(run) == {"processes_survived"}
 
@@ -444,15 +450,7 @@ def test_a_process_dying_by_itself_or_a_worker_failing_its_sigterm_is_a_violatio
 
 def test_recovery_times_are_measured_from_the_collected_records() -> None:
     run = clean_run()
-    run.faults.append(
-        FaultRecord(
-            kind=FaultKind.REDIS_RESTART,
-            target="redis",
-            planned_at_s=30,
-            started_at=T0 + 30,
-            ended_at=T0 + 33,
-        )
-    )
+    run.faults.append(fault(FaultKind.REDIS_RESTART, "redis", at_s=30, lasting_s=3))
     run.driver.events.append(
         SentEvent(
             key="chaos:e7",
@@ -532,13 +530,7 @@ def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: P
 
 def test_a_backlog_not_cleared_before_the_next_fault_is_reported_as_such() -> None:
     run = clean_run()
-    outage = FaultRecord(
-        kind=FaultKind.MONGO_OUTAGE,
-        target="mongodb",
-        planned_at_s=5,
-        started_at=T0 + 5,
-        ended_at=T0 + 10,
-    )
+    outage = fault(FaultKind.MONGO_OUTAGE, "mongodb", at_s=5, lasting_s=5)
     run.faults.insert(0, outage)  # the kill at T0 + 20 comes next
     run.samples = [(T0 + s, 5 if s < 5 else 80) for s in range(60)]
     compute_recovery(run)
