@@ -45,6 +45,17 @@ KEY = "acme:evt_1"
 JSON = {"content-type": "application/json"}
 
 
+DELIVERY_WITH_A_RETRY = (
+    EventType.CREATED,
+    EventType.PICKED_UP,
+    EventType.IN_TRANSIT,
+    EventType.OUT_FOR_DELIVERY,
+    EventType.DELIVERY_FAILED,
+    EventType.OUT_FOR_DELIVERY,
+    EventType.DELIVERED,
+)
+"""One shipment's whole life, with a failed delivery attempt before the delivery."""
+
 # ---- queued events -----------------------------------------------------------------------------
 
 
@@ -214,6 +225,25 @@ async def write_letter(
         now=at,
     )
     return queued.idempotency_key
+
+
+async def write_filter_letters(db: AsyncDatabase[Document]) -> tuple[str, str, str]:
+    """Three dead letters every filter tells apart; their keys.
+
+    ``acme:evt_a`` at ``T0`` (downstream_unavailable, retries exhausted);
+    ``acme:evt_b`` ten minutes later (order_mismatch, permanent);
+    ``legacy:evt_c`` twenty minutes later (downstream_unavailable, retries exhausted).
+    """
+    a = await write_letter(db, "evt_a", at=T0)
+    b = await write_letter(
+        db,
+        "evt_b",
+        at=T0 + timedelta(minutes=10),
+        code="order_mismatch",
+        reason=DeadLetterReason.PERMANENT,
+    )
+    c = await write_letter(db, "evt_c", at=T0 + timedelta(minutes=20), source="legacy")
+    return a, b, c
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

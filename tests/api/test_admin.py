@@ -24,9 +24,9 @@ from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
 from tests.api.expect import assert_problem
-from tests.factories import T0, make_event, write_letter
+from tests.factories import T0, write_filter_letters, write_letter
 from tests.plugins.servers import snapshot
-from tests.plugins.worker import dead_letter_via_worker, drain
+from tests.plugins.worker import drain, outage_dead_letters
 
 ClientFor = Callable[..., Awaitable[httpx.AsyncClient]]
 TOKEN = "adm_" + secrets.token_urlsafe(24)  # generated per run
@@ -47,23 +47,6 @@ ROUTES = [
 async def admin(client_for: ClientFor) -> httpx.AsyncClient:
     """A client of an app with the admin token configured (requests carry no token)."""
     return await client_for(admin_token=TOKEN)
-
-
-@pytest.fixture
-async def processor(
-    worker_settings: Callable[..., Settings],
-    make_processor: Callable[..., EventProcessor],
-    downstream: MockDownstreamClient,
-    downstream_url: str,
-) -> EventProcessor:
-    return make_processor(worker_settings(max_attempts=2), downstream=downstream_url)
-
-
-async def outage_dead_letter(processor: EventProcessor, downstream: MockDownstreamClient) -> str:
-    queued = make_event("evt_1")
-    await downstream.control(always={queued.idempotency_key: 503})
-    await dead_letter_via_worker(processor, queued)
-    return queued.idempotency_key
 
 
 # ── access ──────────────────────────────────────────────────────────────────
@@ -131,7 +114,7 @@ async def test_event_endpoint_reports_status_attempts_and_last_error_for_a_key_w
     downstream: MockDownstreamClient,
     path_key: str,
 ) -> None:
-    await outage_dead_letter(processor, downstream)
+    await outage_dead_letters(processor, downstream, "evt_1")
     response = await admin.get(f"/v1/admin/events/{path_key}", headers=AUTH)
     assert response.status_code == 200, response.text
     record = response.json()
@@ -157,15 +140,7 @@ async def test_event_endpoint_answers_404_for_an_unknown_key(admin: httpx.AsyncC
 async def test_list_filters_select_exactly_the_matching_entries_and_pages_with_the_cursor(
     admin: httpx.AsyncClient, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    a = await write_letter(mongo_db, "evt_a", at=T0)
-    b = await write_letter(
-        mongo_db,
-        "evt_b",
-        at=T0 + timedelta(minutes=10),
-        code="order_mismatch",
-        reason=DeadLetterReason.PERMANENT,
-    )
-    c = await write_letter(mongo_db, "evt_c", at=T0 + timedelta(minutes=20), source="legacy")
+    a, b, c = await write_filter_letters(mongo_db)
     await mongo_db[DEAD_LETTER_EVENTS].update_one({"_id": c}, {"$set": {"status": "replayed"}})
 
     async def keys(**params: str) -> list[str]:
@@ -220,7 +195,7 @@ async def test_show_returns_the_event_every_attempt_and_every_replay(
     processor: EventProcessor,
     downstream: MockDownstreamClient,
 ) -> None:
-    await outage_dead_letter(processor, downstream)
+    await outage_dead_letters(processor, downstream, "evt_1")
     await admin.post(f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH, json={"by": "carol"})
     response = await admin.get(f"/v1/admin/dead-letters/{KEY}", headers=AUTH)
     assert response.status_code == 200, response.text
@@ -251,7 +226,7 @@ async def test_replay_one_queues_once_then_reports_in_flight_then_already_replay
     settings: Settings,
     mongo_db: AsyncDatabase[Document],
 ) -> None:
-    await outage_dead_letter(processor, downstream)
+    await outage_dead_letters(processor, downstream, "evt_1")
     await downstream.control(always={})
     path = f"/v1/admin/dead-letters/{KEY}/replay"
 
@@ -291,7 +266,7 @@ async def test_replay_of_an_event_that_already_succeeded_is_a_200_no_op(
     redis: ArqRedis,
     settings: Settings,
 ) -> None:
-    await outage_dead_letter(processor, downstream)
+    await outage_dead_letters(processor, downstream, "evt_1")
     await mongo_db[PROCESSED_EVENTS].update_one({"_id": KEY}, {"$set": {"status": "succeeded"}})
     response = await admin.post(f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH)
     assert (response.status_code, response.json()["action"]) == (200, "already_succeeded")

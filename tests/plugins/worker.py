@@ -41,7 +41,7 @@ from shared.contracts import QueuedEvent
 from shared.queue import Enqueuer, deserialize, worker_health_key
 from shared.settings import Settings
 from shared.storage.mongo import Document
-from tests.factories import DOWNSTREAM_SECRET, payload, settings_env
+from tests.factories import DOWNSTREAM_SECRET, make_event, payload, settings_env
 
 # Settings every worker test starts from; tests override what they exercise.
 FAST: dict[str, Any] = {
@@ -82,6 +82,22 @@ def worker_settings(make_settings: Callable[..., Settings]) -> Callable[..., Set
 
     def make(**overrides: Any) -> Settings:
         return make_settings(**{**FAST, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def pool_settings(
+    worker_settings: Callable[..., Settings], downstream_url: str
+) -> Callable[..., Settings]:
+    """Fast worker settings with the mock downstream configured; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "downstream_url": downstream_url,
+            "downstream_secret": DOWNSTREAM_SECRET,
+        }
+        return worker_settings(**{**values, **overrides})
 
     return make
 
@@ -155,6 +171,16 @@ def make_processor(
         )
 
     return make
+
+
+@pytest.fixture
+async def processor(
+    worker_settings: Callable[..., Settings],
+    make_processor: Callable[..., EventProcessor],
+    downstream_url: str,
+) -> EventProcessor:
+    """A worker (in process) that gives up after two attempts and delivers to the mock."""
+    return make_processor(worker_settings(max_attempts=2), downstream=downstream_url)
 
 
 @dataclass
@@ -322,6 +348,17 @@ async def dead_letter_via_worker(processor: EventProcessor, queued: QueuedEvent)
     """Run ``queued`` through the worker until it ends; it must end dead-lettered."""
     result = await run_job(processor, queued.idempotency_key, payload(queued))
     assert result == "dead_lettered", result
+
+
+async def outage_dead_letters(
+    processor: EventProcessor, downstream: MockDownstreamClient, *event_ids: str
+) -> list[str]:
+    """Dead-letter each event by a downstream answering 503 until the test fixes it; the keys."""
+    events = [make_event(e, shipment_id=f"shp_{e}") for e in event_ids]
+    await downstream.control(always={q.idempotency_key: 503 for q in events})
+    for queued in events:
+        await dead_letter_via_worker(processor, queued)
+    return [q.idempotency_key for q in events]
 
 
 async def drain(redis: ArqRedis, queue_name: str, processor: EventProcessor) -> dict[str, str]:

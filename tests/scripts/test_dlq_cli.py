@@ -7,6 +7,7 @@ mock downstream, so "one effect" is counted where it happens.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pty
@@ -28,7 +29,13 @@ from shared.queue import Enqueuer
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.factories import DOWNSTREAM_SECRET, T0, make_event, settings_env, write_letter
+from tests.factories import (
+    T0,
+    make_event,
+    settings_env,
+    write_filter_letters,
+    write_letter,
+)
 from tests.plugins.servers import snapshot
 from tests.plugins.worker import WorkerPool, wait_until
 
@@ -116,21 +123,9 @@ async def letter_statuses(db: AsyncDatabase[Document]) -> dict[str, str]:
 
 
 @pytest.fixture
-def pool_settings(
-    worker_settings: Callable[..., Settings], downstream_url: str
-) -> Callable[..., Settings]:
-    """Fast worker settings (two attempts) with the mock downstream configured."""
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "downstream_url": downstream_url,
-            "downstream_secret": DOWNSTREAM_SECRET,
-            "max_attempts": 2,
-        }
-        values.update(overrides)
-        return worker_settings(**values)
-
-    return make
+def pool_settings(pool_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The plugin's pool settings, giving up after two attempts."""
+    return functools.partial(pool_settings, max_attempts=2)
 
 
 async def outage(
@@ -174,15 +169,7 @@ async def wait_all_replayed(db: AsyncDatabase[Document], keys: list[str]) -> Non
 async def test_list_filters_select_exactly_the_matching_entries(
     settings: Settings, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    a = await write_letter(mongo_db, "evt_a", at=T0)
-    b = await write_letter(
-        mongo_db,
-        "evt_b",
-        at=T0 + timedelta(minutes=10),
-        code="order_mismatch",
-        reason=DeadLetterReason.PERMANENT,
-    )
-    c = await write_letter(mongo_db, "evt_c", at=T0 + timedelta(minutes=20), source="legacy")
+    a, b, c = await write_filter_letters(mongo_db)
     await mongo_db[DEAD_LETTER_EVENTS].update_one({"_id": c}, {"$set": {"status": "replayed"}})
 
     async def keys(*args: str) -> list[str]:

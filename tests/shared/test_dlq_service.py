@@ -49,10 +49,10 @@ from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import PROCESSED_EVENTS, Document
-from tests.factories import T0, make_event, write_letter
+from tests.factories import T0, write_filter_letters, write_letter
 from tests.plugins.dlq import MakeService
 from tests.plugins.servers import snapshot
-from tests.plugins.worker import dead_letter_via_worker, drain
+from tests.plugins.worker import drain, outage_dead_letters
 
 MakeProcessor = Callable[..., EventProcessor]
 
@@ -91,43 +91,13 @@ async def collect(iterator: Any) -> list[ReplayResult | ReplayFailure]:
     return [item async for item in iterator]
 
 
-@pytest.fixture
-async def processor(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    downstream: MockDownstreamClient,
-    downstream_url: str,
-) -> EventProcessor:
-    """A worker (in process) that gives up after two attempts and delivers to the mock."""
-    return make_processor(worker_settings(max_attempts=2), downstream=downstream_url)
-
-
-async def outage_dead_letters(
-    processor: EventProcessor, downstream: MockDownstreamClient, *event_ids: str
-) -> list[str]:
-    """Dead-letter each event by a downstream answering 503 until the test fixes it."""
-    events = [make_event(e, shipment_id=f"shp_{e}") for e in event_ids]
-    await downstream.control(always={q.idempotency_key: 503 for q in events})
-    for queued in events:
-        await dead_letter_via_worker(processor, queued)
-    return [q.idempotency_key for q in events]
-
-
 # ── listing ─────────────────────────────────────────────────────────────────
 
 
 async def test_filters_select_exactly_the_matching_entries(
     service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    a = await write_letter(mongo_db, "evt_a", at=T0)
-    b = await write_letter(
-        mongo_db,
-        "evt_b",
-        at=T0 + timedelta(minutes=10),
-        code="order_mismatch",
-        reason=DeadLetterReason.PERMANENT,
-    )
-    c = await write_letter(mongo_db, "evt_c", at=T0 + timedelta(minutes=20), source="legacy")
+    a, b, c = await write_filter_letters(mongo_db)
     d = await write_letter(
         mongo_db,
         "evt_d",

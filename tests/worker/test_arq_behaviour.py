@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
-from arq.jobs import Job
+from arq.jobs import Job, JobResult
 from arq.worker import Worker
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -105,6 +105,13 @@ def test_worker_settings_absorb_each_arq_behaviour(
     assert options["keep_result"] == settings.keep_result_s
 
 
+async def result_of(redis: ArqRedis, job_id: str) -> JobResult:
+    """arq's stored result of the job (it must have one)."""
+    info = await Job(job_id, redis, _deserializer=deserialize).result_info()
+    assert info is not None
+    return info
+
+
 def test_a_lease_not_longer_than_the_job_timeout_is_refused(
     worker_settings: Callable[..., Settings],
 ) -> None:
@@ -131,8 +138,7 @@ async def test_unknown_exceptions_become_retries_then_a_dead_letter_never_an_arq
     await enqueue(queued)
     worker = await run_burst(settings, processor)
     assert (worker.jobs_failed, worker.jobs_retried, worker.jobs_complete) == (0, 2, 1)
-    info = await Job(queued.idempotency_key, redis, _deserializer=deserialize).result_info()
-    assert info is not None
+    info = await result_of(redis, queued.idempotency_key)
     assert (info.success, info.result, info.job_try) == (True, "dead_lettered", 3)
     letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
     assert letter is not None
@@ -155,8 +161,7 @@ async def test_job_cut_off_by_arqs_own_timeout_is_rerun_not_failed_and_not_count
     await enqueue(queued)
     worker = await run_burst(settings, processor, job_timeout=0.3)
     assert (worker.jobs_failed, worker.jobs_complete, deliverer.calls) == (0, 1, 2)
-    info = await Job(queued.idempotency_key, redis, _deserializer=deserialize).result_info()
-    assert info is not None
+    info = await result_of(redis, queued.idempotency_key)
     assert (info.success, info.result) == (True, "succeeded")
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None
@@ -226,8 +231,7 @@ async def test_job_cut_off_by_arqs_timeout_while_recording_a_failure_is_rerun_no
         await client.close()
         await proxy.stop()
     assert (worker.jobs_failed, worker.jobs_complete, deliverer.calls) == (0, 1, 2)
-    info = await Job(queued.idempotency_key, redis, _deserializer=deserialize).result_info()
-    assert info is not None
+    info = await result_of(redis, queued.idempotency_key)
     assert (info.success, info.result) == (True, "succeeded")
     record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
     assert record is not None

@@ -451,13 +451,10 @@ async def _dead_letter_then_add_replay(
 
 
 async def test_replayed_dead_letter_is_processed_once_and_marked_replayed(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
+    processor: EventProcessor,
     mongo_db: AsyncDatabase[Document],
     downstream: MockDownstreamClient,
-    downstream_url: str,
 ) -> None:
-    processor = make_processor(worker_settings(max_attempts=2), downstream=downstream_url)
     queued = make_event()
     await downstream.control(always={"acme:evt_1": 503})
     await _dead_letter_then_add_replay(processor, mongo_db, queued, ["replay-1", "replay-2"])
@@ -476,13 +473,10 @@ async def test_replayed_dead_letter_is_processed_once_and_marked_replayed(
 
 
 async def test_replay_that_fails_again_returns_the_dead_letter_to_pending_with_new_attempts(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
+    processor: EventProcessor,
     mongo_db: AsyncDatabase[Document],
     downstream: MockDownstreamClient,
-    downstream_url: str,
 ) -> None:
-    processor = make_processor(worker_settings(max_attempts=2), downstream=downstream_url)
     queued = make_event()
     await downstream.control(always={"acme:evt_1": 503})
     await _dead_letter_then_add_replay(processor, mongo_db, queued, ["replay-1"])

@@ -13,7 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.contracts import EventType
 from shared.storage.mongo import SHIPMENTS, Document
 from shared.storage.shipments import HISTORY_LIMIT, Decision, Outcome, Shipments
-from tests.factories import T0, make_event
+from tests.factories import DELIVERY_WITH_A_RETRY, T0, make_event
 
 NOW = T0 + timedelta(days=1)
 ORDERS = {"older": -1, "same": 0, "newer": 1}
@@ -128,18 +128,9 @@ async def test_concurrent_out_of_order_events_end_at_the_newest_and_each_is_in_h
     mongo_db: AsyncDatabase[Document],
 ) -> None:
     shipments = Shipments(mongo_db)
-    chain = [
-        EventType.CREATED,
-        EventType.PICKED_UP,
-        EventType.IN_TRANSIT,
-        EventType.OUT_FOR_DELIVERY,
-        EventType.DELIVERY_FAILED,
-        EventType.OUT_FOR_DELIVERY,
-        EventType.DELIVERED,
-    ]
     events = [
         make_event(f"e{n}", kind, occurred_at=T0 + timedelta(minutes=n)).event
-        for n, kind in enumerate(chain)
+        for n, kind in enumerate(DELIVERY_WITH_A_RETRY)
     ]
     shuffled = random.Random(5).sample(events, len(events))
     # Every event twice, all at once: duplicates and races included.

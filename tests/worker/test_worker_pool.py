@@ -9,7 +9,6 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
@@ -27,29 +26,12 @@ from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import PROCESSED_EVENTS, Document
 from shared.storage.shipments import Shipments
-from tests.factories import DOWNSTREAM_SECRET, T0, make_event, settings_env
+from tests.factories import DELIVERY_WITH_A_RETRY, T0, make_event, settings_env
 from tests.plugins.worker import WorkerPool, wait_until
 
 pytestmark = pytest.mark.slow
 
 Enqueue = Callable[..., Awaitable[bool]]
-
-
-@pytest.fixture
-def pool_settings(
-    worker_settings: Callable[..., Settings], downstream_url: str
-) -> Callable[..., Settings]:
-    """Fast settings with the mock downstream configured."""
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "downstream_url": downstream_url,
-            "downstream_secret": DOWNSTREAM_SECRET,
-        }
-        values.update(overrides)
-        return worker_settings(**values)
-
-    return make
 
 
 async def statuses(db: AsyncDatabase[Document], keys: list[str]) -> dict[str, str]:
@@ -469,18 +451,9 @@ async def test_out_of_order_concurrent_events_across_workers_end_at_the_newest(
     downstream: MockDownstreamClient,
 ) -> None:
     await worker_pool.start(pool_settings(), 2)
-    chain = [
-        EventType.CREATED,
-        EventType.PICKED_UP,
-        EventType.IN_TRANSIT,
-        EventType.OUT_FOR_DELIVERY,
-        EventType.DELIVERY_FAILED,
-        EventType.OUT_FOR_DELIVERY,
-        EventType.DELIVERED,
-    ]
     events: list[QueuedEvent] = [
         make_event(f"e{n}", kind, occurred_at=T0 + timedelta(minutes=n))
-        for n, kind in enumerate(chain)
+        for n, kind in enumerate(DELIVERY_WITH_A_RETRY)
     ]
     shuffled = random.Random(11).sample(events, len(events))
     await asyncio.gather(
