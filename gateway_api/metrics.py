@@ -35,50 +35,50 @@ class ApiMetrics:
     """The API's metric families, registered on a registry of their own."""
 
     def __init__(self, sources: Iterable[str]) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
-        self.http_requests = Counter(
+        self.registry = registry = CollectorRegistry()
+
+        def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        def histogram(
+            name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=registry)
+
+        self.http_requests = counter(
             "gateway_http_requests",
             "HTTP requests answered, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=registry,
+            ("route", "method", "status"),
         )
-        self.http_request_duration = Histogram(
+        self.http_request_duration = histogram(
             "gateway_http_request_duration_seconds",
             "Time from receiving a request to finishing its answer.",
-            ["route", "method"],
-            buckets=_HTTP_BUCKETS_S,
-            registry=registry,
+            ("route", "method"),
+            _HTTP_BUCKETS_S,
         )
-        self.signature_failures = Counter(
+        self.signature_failures = counter(
             "gateway_signature_failures",
             "Ingest requests refused by source or signature checks.",
-            ["source", "code"],
-            registry=registry,
+            ("source", "code"),
         )
-        self.events_accepted = Counter(
-            "gateway_events_accepted",
-            "Events newly queued (202).",
-            ["source"],
-            registry=registry,
+        self.events_accepted = counter(
+            "gateway_events_accepted", "Events newly queued (202).", ("source",)
         )
-        self.events_duplicate = Counter(
+        self.events_duplicate = counter(
             "gateway_events_duplicate",
             "Events whose idempotency key was already known (200 duplicate at the API).",
-            ["source", "stage"],
-            registry=registry,
+            ("source", "stage"),
         )
-        self.events_rejected = Counter(
+        self.events_rejected = counter(
             "gateway_events_rejected",
             "Ingest requests answered with a problem, by source and problem code.",
-            ["source", "code"],
-            registry=registry,
+            ("source", "code"),
         )
-        self.enqueue_duration = Histogram(
+        self.enqueue_duration = histogram(
             "gateway_enqueue_duration_seconds",
             "Time to get Redis's answer to one enqueue (including one retry).",
-            buckets=_ENQUEUE_BUCKETS_S,
-            registry=registry,
+            (),
+            _ENQUEUE_BUCKETS_S,
         )
         self._accepted = {s: self.events_accepted.labels(s) for s in sources}
         self._duplicate = {s: self.events_duplicate.labels(s, "api") for s in sources}

@@ -24,41 +24,35 @@ class WorkerMetrics:
     """The counters, histogram and gauges one worker process updates."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.jobs = Counter(
-            "gateway_worker_jobs",
-            "Job runs by how they ended.",
-            ["outcome"],
-            registry=self.registry,
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+
+        def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        self.jobs = counter("gateway_worker_jobs", "Job runs by how they ended.", ("outcome",))
+        self.retries = counter(
+            "gateway_worker_retries", "Runs that ended in a retry, by error code.", ("code",)
         )
-        self.retries = Counter(
-            "gateway_worker_retries",
-            "Runs that ended in a retry, by error code.",
-            ["code"],
-            registry=self.registry,
-        )
-        self.dead_letters = Counter(
+        self.dead_letters = counter(
             "gateway_worker_dead_letters",
             "Events dead-lettered, by reason and error code.",
-            ["reason", "code"],
-            registry=self.registry,
+            ("reason", "code"),
         )
         self.job_duration = Histogram(
             "gateway_worker_job_duration_seconds",
             "Wall time of one job run.",
             buckets=_DURATION_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.queue_depth = Gauge(
             "gateway_queue_depth",
             "Jobs in the queue (due and deferred), sampled every health interval.",
-            registry=self.registry,
+            registry=registry,
         )
-        self.duplicates = Counter(
+        self.duplicates = counter(
             "gateway_events_duplicate",
             "Events recognised as duplicates, by source and stage.",
-            ["source", "stage"],
-            registry=self.registry,
+            ("source", "stage"),
         )
         for outcome in JOB_OUTCOMES:
             self.jobs.labels(outcome=outcome)
