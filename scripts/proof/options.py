@@ -14,7 +14,13 @@ from typing import Any
 
 import click
 
-__all__ = ["drain_timeout_option", "mongo_url_option", "output_option", "seed_option"]
+__all__ = [
+    "drain_timeout_option",
+    "mongo_url_option",
+    "output_option",
+    "seconds_option",
+    "seed_option",
+]
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -40,12 +46,15 @@ def mongo_url_option(help: str, *, envvar: str | None = None) -> Decorator:
     return click.option("--mongo-url", "mongo_url", envvar=envvar, default=None, help=help)
 
 
+def seconds_option(
+    flag: str, *, dest: str, minimum: float, default: float, help: str | None = None
+) -> Decorator:
+    """A length of time in seconds, at least ``minimum`` (its parameter: ``dest``)."""
+    return click.option(
+        flag, dest, type=click.FloatRange(minimum), default=default, show_default=True, help=help
+    )
+
+
 def drain_timeout_option(minimum: float) -> Decorator:
     """``--drain-timeout``: how long to wait for the queue to drain (``drain_timeout_s``)."""
-    return click.option(
-        "--drain-timeout",
-        "drain_timeout_s",
-        type=click.FloatRange(minimum),
-        default=300.0,
-        show_default=True,
-    )
+    return seconds_option("--drain-timeout", dest="drain_timeout_s", minimum=minimum, default=300.0)

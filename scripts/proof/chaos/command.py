@@ -17,6 +17,7 @@ from scripts.proof.options import (
     drain_timeout_option,
     mongo_url_option,
     output_option,
+    seconds_option,
     seed_option,
 )
 
@@ -36,34 +37,25 @@ def _gateway_env(
 
 
 @click.command("chaos")
-@click.option(
-    "--duration",
-    "duration_s",
-    type=click.FloatRange(10),
-    default=180.0,
-    show_default=True,
-    help="Seconds of load.",
-)
+@seconds_option("--duration", dest="duration_s", minimum=10, default=180.0, help="Seconds of load.")
 @click.option(
     "--rate", type=click.FloatRange(1), default=25.0, show_default=True, help="Events per second."
 )
 @click.option("--workers", type=click.IntRange(2, 16), default=2, show_default=True)
 @seed_option("Seed of the schedule and the load.")
 @output_option(Path("reports/chaos"))
-@click.option(
+@seconds_option(
     "--outage",
-    "outage_s",
-    type=click.FloatRange(1),
+    dest="outage_s",
+    minimum=1,
     default=30.0,
-    show_default=True,
     help="Seconds of each MongoDB and downstream outage.",
 )
-@click.option(
+@seconds_option(
     "--redis-down",
-    "redis_down_s",
-    type=click.FloatRange(0),
+    dest="redis_down_s",
+    minimum=0,
     default=3.0,
-    show_default=True,
     help="Seconds Redis stays down when restarted.",
 )
 @drain_timeout_option(1)
