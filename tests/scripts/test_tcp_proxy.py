@@ -28,6 +28,16 @@ async def echo_port() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.fixture
+async def proxy(echo_port: int) -> AsyncIterator[TcpProxy]:
+    """A started proxy in front of the echo server, stopped after the test."""
+    started = await TcpProxy(echo_port).start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
 async def _round_trip(port: int, payload: bytes = b"ping", timeout_s: float = 2.0) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -40,51 +50,39 @@ async def _round_trip(port: int, payload: bytes = b"ping", timeout_s: float = 2.
         writer.close()
 
 
-async def test_proxy_relays_both_ways(echo_port: int) -> None:
-    proxy = await TcpProxy(echo_port).start()
-    try:
-        assert await _round_trip(proxy.port) == b"ping"
-    finally:
-        await proxy.stop()
+async def test_proxy_relays_both_ways(proxy: TcpProxy) -> None:
+    assert await _round_trip(proxy.port) == b"ping"
 
 
 async def test_drop_outage_resets_open_connections_and_closes_new_ones_until_up(
-    echo_port: int,
+    proxy: TcpProxy,
 ) -> None:
-    proxy = await TcpProxy(echo_port).start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(b"a")
-        assert await reader.read(1) == b"a"
-        proxy.go_down(OutageMode.DROP)
-        assert await asyncio.wait_for(reader.read(1), 2) == b""  # the open one is closed
-        writer.close()
-        assert await _round_trip(proxy.port) == b""  # a new one is closed at once
-        proxy.go_up()
-        assert await _round_trip(proxy.port) == b"ping"
-    finally:
-        await proxy.stop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"a")
+    assert await reader.read(1) == b"a"
+    proxy.go_down(OutageMode.DROP)
+    assert await asyncio.wait_for(reader.read(1), 2) == b""  # the open one is closed
+    writer.close()
+    assert await _round_trip(proxy.port) == b""  # a new one is closed at once
+    proxy.go_up()
+    assert await _round_trip(proxy.port) == b"ping"
 
 
 async def test_blackhole_outage_answers_nothing_then_closes_what_lived_through_it(
-    echo_port: int,
+    proxy: TcpProxy,
 ) -> None:
-    proxy = await TcpProxy(echo_port).start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        proxy.go_down(OutageMode.BLACKHOLE)
-        writer.write(b"lost?")
-        await writer.drain()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(reader.read(5), 0.3)
-        with pytest.raises(TimeoutError):
-            await _round_trip(proxy.port, timeout_s=0.3)
-        proxy.go_up()
-        assert await asyncio.wait_for(reader.read(5), 2) == b""
-        writer.close()
-        assert await _round_trip(proxy.port) == b"ping"
-    finally:
-        await proxy.stop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    proxy.go_down(OutageMode.BLACKHOLE)
+    writer.write(b"lost?")
+    await writer.drain()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(5), 0.3)
+    with pytest.raises(TimeoutError):
+        await _round_trip(proxy.port, timeout_s=0.3)
+    proxy.go_up()
+    assert await asyncio.wait_for(reader.read(5), 2) == b""
+    writer.close()
+    assert await _round_trip(proxy.port) == b"ping"
 
 
 async def test_proxy_process_switches_on_commands_and_confirms_each(echo_port: int) -> None:
