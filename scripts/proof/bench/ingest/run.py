@@ -131,6 +131,12 @@ class _Bench:
         with redis.Redis.from_url(self.redis_url) as client:
             client.flushall()
 
+    def wrk(self, url: str, seconds: int) -> tuple[WrkStats, str, float]:
+        """One wrk run of ``seconds`` against ``url`` with this benchmark's pool and CPUs."""
+        return run_wrk(
+            url, seconds=seconds, options=self.options, lua=self.lua, data_dir=self.data_dir
+        )
+
     def redis_cpu_s(self) -> float:
         return cpu_seconds(self.redis_pid)
 
@@ -145,13 +151,7 @@ class _Bench:
             server.probe(self.secret)
             self.flush()
             if self.options.warmup_s > 0:
-                warm, raw, _ = run_wrk(
-                    server.url,
-                    seconds=self.options.warmup_s,
-                    options=self.options,
-                    lua=self.lua,
-                    data_dir=self.data_dir,
-                )
+                warm, raw, _ = self.wrk(server.url, self.options.warmup_s)
                 self._check(target, warm, raw, phase="warm-up")
                 self.flush()
             assert server.process is not None
@@ -159,13 +159,7 @@ class _Bench:
                 cpu_seconds(server.process.pid, with_descendants=True),
                 self.redis_cpu_s(),
             )
-            stats, raw, wrk_cpu_s = run_wrk(
-                server.url,
-                seconds=self.options.duration_s,
-                options=self.options,
-                lua=self.lua,
-                data_dir=self.data_dir,
-            )
+            stats, raw, wrk_cpu_s = self.wrk(server.url, self.options.duration_s)
             server_cpu_s = cpu_seconds(server.process.pid, with_descendants=True) - server_cpu_s
             redis_cpu_s = self.redis_cpu_s() - redis_cpu_s
             self._check(target, stats, raw, phase="run")
@@ -224,13 +218,7 @@ class _Bench:
             server.probe(self.secret)
             self.flush()
             if self.options.warmup_s > 0:
-                run_wrk(
-                    server.url,
-                    seconds=self.options.warmup_s,
-                    options=self.options,
-                    lua=self.lua,
-                    data_dir=self.data_dir,
-                )
+                self.wrk(server.url, self.options.warmup_s)
                 self.flush()
             # --nonblocking: read the stacks without pausing the server, so the
             # sampled run is barely slower than an unsampled one.
@@ -239,13 +227,7 @@ class _Bench:
             command += ["--duration", str(self.options.duration_s), "--output", str(raw_path)]
             cpu_before = cpu_seconds(server.process.pid, with_descendants=True)
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            stats, _, _ = run_wrk(
-                server.url,
-                seconds=self.options.duration_s,
-                options=self.options,
-                lua=self.lua,
-                data_dir=self.data_dir,
-            )
+            stats, _, _ = self.wrk(server.url, self.options.duration_s)
             cpu_s = cpu_seconds(server.process.pid, with_descendants=True) - cpu_before
             _, spy_err = spy.communicate(timeout=60)
             if spy.returncode != 0:
