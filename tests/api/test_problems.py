@@ -97,41 +97,27 @@ def _unsigned_with(name: str, value: str) -> Headers:
     return lambda _: {**JSON, name: value}
 
 
+def _case(case_id: str, source: str, headers: Headers, code: str) -> Any:
+    return pytest.param(source, headers, code, id=case_id)
+
+
+MISSING, INVALID = "signature_missing", "signature_invalid"
+MALFORMED_ENTRIES = ("v1,not-base64!", "v1", "v1,", "v2,AAAA", "garbage", "v1,AAAA v1,BBBB")
 REFUSED_SIGNATURES = [
     *(
-        pytest.param("acme", _reference_without(absent), "signature_missing", id=f"no-{absent}")
-        for absent in ("webhook-id", "webhook-timestamp", "webhook-signature")
+        _case(f"no-{name}", "acme", _reference_without(name), MISSING)
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
     ),
-    pytest.param("acme", lambda _: JSON, "signature_missing", id="unsigned"),
-    pytest.param("legacy", lambda _: JSON, "signature_missing", id="hex-without-x-signature"),
-    pytest.param(
-        "acme",
-        lambda body: reference_headers(body, STRANGER_SECRET),
-        "signature_invalid",
-        id="unknown-secret",
-    ),
+    _case("unsigned", "acme", lambda _: JSON, MISSING),
+    _case("hex-without-x-signature", "legacy", lambda _: JSON, MISSING),
+    _case("unknown-secret", "acme", lambda body: reference_headers(body, STRANGER_SECRET), INVALID),
     *(
-        pytest.param(
-            "acme",
-            _reference_with("webhook-signature", signature),
-            "signature_invalid",
-            id=f"malformed-entry-{signature}",
-        )
-        for signature in ("v1,not-base64!", "v1", "v1,", "v2,AAAA", "garbage", "v1,AAAA v1,BBBB")
+        _case(f"entry-{entry}", "acme", _reference_with("webhook-signature", entry), INVALID)
+        for entry in MALFORMED_ENTRIES
     ),
-    pytest.param(
-        "legacy",
-        lambda body: hex_headers(body, "some-other-legacy-secret"),
-        "signature_invalid",
-        id="wrong-hex-secret",
-    ),
+    _case("wrong-hex-secret", "legacy", lambda body: hex_headers(body, "other-secret"), INVALID),
     *(
-        pytest.param(
-            "legacy",
-            _unsigned_with("X-Signature", value),
-            "signature_invalid",
-            id=f"malformed-x-signature-{value}",
-        )
+        _case(f"x-signature-{value}", "legacy", _unsigned_with("X-Signature", value), INVALID)
         for value in ("sha256=zz", "md5=abcd", "sha256=")
     ),
 ]

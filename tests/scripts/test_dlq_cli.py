@@ -245,6 +245,7 @@ async def test_an_unreachable_mongodb_is_reported_with_exit_1(settings: Settings
 # ── show ────────────────────────────────────────────────────────────────────
 
 
+@pytest.mark.usefixtures("redis")  # the replay needs Redis up, whatever ran before
 async def test_show_prints_the_event_every_attempt_and_every_replay(
     settings: Settings, mongo_db: AsyncDatabase[Document]
 ) -> None:
