@@ -285,13 +285,20 @@ def decode_digest(value: str, encoding: str) -> bytes | None:
         return None
 
 
-def verify_hmac(offered: bytes | None, keys: Sequence[bytes], message: bytes, name: str) -> None:
-    """Accept if ``offered`` is the HMAC-SHA256 of ``message`` under any key (constant time)."""
-    if offered is not None:
-        for key in keys:
-            if hmac.compare_digest(hmac.digest(key, message, hashlib.sha256), offered):
-                return
-    raise SignatureError(ProblemCode.SIGNATURE_INVALID, f"the {name} header does not match")
+def verify_hmac(
+    offered: Sequence[bytes], keys: Sequence[bytes], message: bytes, refusal: str
+) -> None:
+    """Accept if any ``offered`` digest is the HMAC-SHA256 of ``message`` under any key.
+
+    Each key's digest is compared in constant time against the offered ones, so
+    the timing tells neither which key nor which signature matched; otherwise
+    :class:`SignatureError` ``signature_invalid`` with ``refusal`` as its detail.
+    """
+    for key in keys:
+        expected = hmac.digest(key, message, hashlib.sha256)
+        if any(hmac.compare_digest(expected, candidate) for candidate in offered):
+            return
+    raise SignatureError(ProblemCode.SIGNATURE_INVALID, refusal)
 
 
 def verify_body_hmac(
@@ -308,7 +315,8 @@ def verify_body_hmac(
     offered = None
     if value.startswith(prefix):
         offered = decode_digest(value.removeprefix(prefix), encoding)
-    verify_hmac(offered, keys, body, header_name)
+    refusal = f"the {header_name} header does not match"
+    verify_hmac(() if offered is None else (offered,), keys, body, refusal)
 
 
 def sign_body_hmac(

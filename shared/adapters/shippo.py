@@ -25,6 +25,7 @@ from shared.adapters.base import (
     header,
     reader_for,
     tracking_update,
+    verify_hmac,
 )
 from shared.contracts import EventType, ProblemCode
 from shared.signing import SignatureError
@@ -99,14 +100,7 @@ def verify(
         )
     message = raw_timestamp.encode() + b"." + body
     offered = [digest for text in signatures if (digest := decode_digest(text, "hex")) is not None]
-    for key in keys:
-        expected = hmac.digest(key, message, hashlib.sha256)
-        # Compare against every offered signature so timing does not reveal which matched.
-        if any(hmac.compare_digest(expected, candidate) for candidate in offered):
-            return
-    raise SignatureError(
-        ProblemCode.SIGNATURE_INVALID, "no v1 signature in Shippo-Auth-Signature matches"
-    )
+    verify_hmac(offered, keys, message, "no v1 signature in Shippo-Auth-Signature matches")
 
 
 def normalise(
