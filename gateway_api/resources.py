@@ -22,8 +22,16 @@ from redis.exceptions import RedisError
 
 from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
 from shared.contracts import QueuedEvent
-from shared.queue import Enqueuer, QueueUnavailable, open_queue_pool
-from shared.settings import SOURCE_ID_PATTERN, Settings, SettingsError, SourceConfig, redact_url
+from shared.queue import Enqueuer, QueueUnavailable, close_client, pool_for
+from shared.settings import (
+    SOURCE_ID_PATTERN,
+    Settings,
+    SettingsError,
+    SourceConfig,
+    mongo_write_concern_w,
+    redact_url,
+    sentinel_addresses,
+)
 from shared.signing import verify_hex, verify_standard
 from shared.storage.mongo import Document, open_mongo
 
@@ -90,8 +98,15 @@ class ApiResources:
         """Open the Redis pool (failing fast if Redis is unreachable) and the Mongo client."""
         settings = self.settings
         try:
-            self._redis = await open_queue_pool(settings.redis_url, settings.queue_name, retries=0)
-            self._enqueuer = Enqueuer(self._redis, settings.queue_name, timeout_s=ENQUEUE_TIMEOUT_S)
+            self._redis = await pool_for(settings, retries=0)
+            self._enqueuer = Enqueuer(
+                self._redis,
+                settings.queue_name,
+                timeout_s=ENQUEUE_TIMEOUT_S,
+                ack_replicas=settings.ack_replicas,
+                sentinels=sentinel_addresses(settings),
+                sentinel_master=settings.redis_sentinel_master,
+            )
             await self._enqueuer.load_script()
         except (RedisError, OSError) as exc:
             await self.close()
@@ -99,7 +114,11 @@ class ApiResources:
                 f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}"
             ) from exc
         # PyMongo connects lazily: this never blocks, and Mongo is only used for readiness.
-        self._mongo = open_mongo(settings.mongo_url, timeout_s=READINESS_TIMEOUT_S)
+        self._mongo = open_mongo(
+            settings.mongo_url,
+            timeout_s=READINESS_TIMEOUT_S,
+            write_concern=mongo_write_concern_w(settings),
+        )
 
     async def close(self) -> None:
         """Let in-flight enqueues finish (for a bounded time), then close the clients."""
@@ -111,7 +130,7 @@ class ApiResources:
                 async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                     await enqueuer.close()
         if self._redis is not None:
-            await self._redis.aclose()
+            await close_client(self._redis)
             self._redis = None
         if self._mongo is not None:
             await self._mongo.close()

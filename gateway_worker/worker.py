@@ -10,9 +10,9 @@
   counter also grows on runs that are not failed attempts (deferrals behind
   another job's lease, retries while MongoDB is unreachable, cancellations);
   the headroom covers hours of MongoDB outage at the backoff cap.
-* ``redis_settings`` with a redis-py retry policy (:data:`REDIS_RETRIES`
-  attempts, exponential backoff up to 5 s) so a Redis restart does not end
-  the worker.
+* ``redis_settings`` (through Sentinel when configured) with a redis-py
+  retry policy (:data:`REDIS_RETRIES` attempts, exponential backoff up to
+  5 s) so a Redis restart or failover does not end the worker.
 * msgspec MessagePack for jobs and results, never pickle.
 * a health-check key of this worker's own, refreshed every
   ``GATEWAY_WORKER_HEALTH_INTERVAL_S``.
@@ -44,11 +44,11 @@ from shared.queue import (
     JOB_EXPIRES_MS,
     JOB_FUNCTION,
     deserialize,
-    redis_settings,
     serialize,
+    settings_for,
     worker_health_key,
 )
-from shared.settings import Settings, check_settings
+from shared.settings import Settings, check_settings, mongo_write_concern_w
 from shared.storage.mongo import open_mongo
 
 __all__ = [
@@ -86,7 +86,7 @@ def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -
     return {
         "functions": [func(process_event, name=JOB_FUNCTION)],
         "queue_name": settings.queue_name,
-        "redis_settings": redis_settings(settings.redis_url, retries=REDIS_RETRIES),
+        "redis_settings": settings_for(settings, retries=REDIS_RETRIES),
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "expires_extra_ms": JOB_EXPIRES_MS,
@@ -115,6 +115,7 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
         settings.mongo_url,
         timeout_s=settings.mongo_timeout_s,
         app_name=f"gateway-worker/{worker_id}",
+        write_concern=mongo_write_concern_w(settings),
     )
     stack.push_async_callback(mongo.close)
 

@@ -4,7 +4,8 @@
   Lua script, keys) and :class:`QueueUnavailable`;
 * :mod:`shared.queue.connection`: the pipelined hiredis Redis connection and its watchdog;
 * :mod:`shared.queue.enqueuer`: :class:`Enqueuer`, the API's enqueue path;
-* :mod:`shared.queue.pool`: arq ``RedisSettings`` and pools for workers and tools.
+* :mod:`shared.queue.pool`: arq ``RedisSettings`` and pools for workers and tools
+  (``*_for(settings)`` find the primary through Sentinel when configured).
 
 The public names stay importable from ``shared.queue``.
 """
@@ -18,7 +19,14 @@ from shared.queue.format import (
     serialize,
     worker_health_key,
 )
-from shared.queue.pool import open_queue_pool, redis_settings
+from shared.queue.pool import (
+    client_for,
+    close_client,
+    open_queue_pool,
+    pool_for,
+    redis_settings,
+    settings_for,
+)
 
 __all__ = [
     "ENQUEUE_TIMEOUT_S",
@@ -26,9 +34,13 @@ __all__ = [
     "JOB_FUNCTION",
     "Enqueuer",
     "QueueUnavailable",
+    "client_for",
+    "close_client",
     "deserialize",
     "open_queue_pool",
+    "pool_for",
     "redis_settings",
     "serialize",
+    "settings_for",
     "worker_health_key",
 ]
