@@ -175,3 +175,17 @@ async def ping(db: AsyncDatabase[Document]) -> float:
     with translate_errors("ping"):
         await db.command("ping")
     return (time.perf_counter() - started) * 1000
+
+
+async def topology(db: AsyncDatabase[Document]) -> dict[str, str | int]:
+    """What ``hello`` says of the deployment: ``standalone`` or ``replica_set`` (name, primary)."""
+    with translate_errors("hello"):
+        hello = await db.command("hello")
+    if "setName" not in hello:
+        return {"mode": "standalone"}
+    return {
+        "mode": "replica_set",
+        "set_name": str(hello["setName"]),
+        "primary": str(hello.get("primary", "")),
+        "members": len(hello.get("hosts", ())),
+    }
