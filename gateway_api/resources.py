@@ -22,7 +22,13 @@ from redis.exceptions import RedisError
 
 from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
 from shared.contracts import QueuedEvent
-from shared.queue import Enqueuer, QueueUnavailable, close_client, pool_for
+from shared.queue import (
+    Enqueuer,
+    QueueUnavailable,
+    ReplicationUnconfirmed,
+    close_client,
+    pool_for,
+)
 from shared.settings import (
     SOURCE_ID_PATTERN,
     Settings,
@@ -165,7 +171,9 @@ class ApiResources:
         with the old server. A retry that finds the key existing proves the
         job is in Redis, so answering "duplicate" then is truthful. The whole
         call is bounded by the enqueuer's own deadline (:data:`ENQUEUE_TIMEOUT_S`
-        per attempt): a hung Redis gives 503, not a hung request.
+        per attempt): a hung Redis gives 503, not a hung request. An enqueue
+        stored but not confirmed by the replicas (``GATEWAY_ACK_REPLICAS``) is
+        not retried here, for the same reason: its retry would say "duplicate".
         """
         enqueuer = self._enqueuer
         if enqueuer is None:
@@ -175,6 +183,8 @@ class ApiResources:
         try:
             try:
                 return await enqueuer.enqueue(key, job)
+            except ReplicationUnconfirmed:
+                raise  # stored, unconfirmed: a retry now would answer "duplicate"
             except QueueUnavailable:
                 return await enqueuer.enqueue(key, job)
         finally:

@@ -8,10 +8,9 @@ import socket
 import sys
 
 import click
-from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from gateway_worker.worker import build_worker_settings
+from gateway_worker.worker import GatewayWorker, build_worker_settings
 from shared.logging import configure_logging
 from shared.queue import client_for, close_client, worker_health_key
 from shared.settings import Settings, mongo_write_concern_w, settings_from_env
@@ -38,7 +37,7 @@ def worker_command() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        Worker(**build_worker_settings(settings)).run()
+        GatewayWorker(**build_worker_settings(settings)).run()
     finally:
         loop.close()
         asyncio.set_event_loop(None)

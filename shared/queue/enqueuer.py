@@ -34,6 +34,7 @@ from shared.queue.format import (
     RESULT_PREFIX,
     ArqJob,
     QueueUnavailable,
+    ReplicationUnconfirmed,
     encoder,
     pack,
 )
@@ -65,7 +66,8 @@ class Enqueuer:
       the next call rediscovers;
     * with ``ack_replicas`` = n > 0 each pipelined batch of enqueues is followed
       by one ``WAIT n``, bounded by half of ``timeout_s``; an enqueue answers
-      only once that confirms, else :class:`QueueUnavailable`. The job may
+      only once that confirms, else :class:`ReplicationUnconfirmed` (a
+      :class:`QueueUnavailable`). The job may
       still be on the primary then: a retry finds it and answers ``False``
       (duplicate) only when its own ``WAIT`` confirms.
     """
@@ -127,7 +129,7 @@ class Enqueuer:
             acked = await ack
             if not isinstance(acked, int) or acked < self._ack_replicas:
                 shown = acked if isinstance(acked, int) else f"an error ({acked})"
-                raise QueueUnavailable(
+                raise ReplicationUnconfirmed(
                     f"{shown} of {self._ack_replicas} replicas acknowledged the enqueue in time"
                 )
         return bool(reply == 1)

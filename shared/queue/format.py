@@ -34,6 +34,15 @@ class QueueUnavailable(Exception):
     code: ClassVar[str] = "queue_unavailable"
 
 
+class ReplicationUnconfirmed(QueueUnavailable):
+    """The primary answered, but fewer replicas than ``GATEWAY_ACK_REPLICAS`` confirmed in time.
+
+    The job may be on the primary: retrying at once would find it and answer
+    "duplicate" to a courier whose event was never acknowledged; the courier's
+    own retry, later, gets that truthful answer once replicas confirm it.
+    """
+
+
 def _enc_hook(obj: object) -> object:
     # arq stores exceptions as job results (e.g. JobExecutionFailed); keep their text.
     if isinstance(obj, BaseException):

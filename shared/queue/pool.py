@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import ConnectionPool, Redis
@@ -89,12 +90,17 @@ async def pool_for(settings: Settings, *, retries: int) -> ArqRedis:
     )
 
 
-def client_for(settings: Settings, *, timeout_s: float) -> ArqRedis:
-    """An arq client for tools and health checks that connects on first use (no ping).
+def client_for(settings: Settings, *, timeout_s: float, retries: int = 0) -> ArqRedis:
+    """An arq client that connects on first use (no ping), for tools, health checks and,
+    with Sentinel, the workers.
 
     With Sentinel it is redis-py's Sentinel-managed client: every new
-    connection asks the Sentinels for the primary, so a tool started during a
-    failover reaches the new primary.
+    connection asks the Sentinels for the primary, so a client started during a
+    failover reaches the new primary, and a connection that fails or finds a
+    demoted primary (``READONLY``) is replaced by one to the new primary.
+    ``retries`` > 0 retries a command that lost its connection, with the same
+    backoff as :func:`redis_settings` (arq's own Sentinel pool takes no retry
+    policy, so workers on Sentinel get theirs from here).
     """
     options: dict[str, object] = {
         "job_serializer": serialize,
@@ -112,6 +118,12 @@ def client_for(settings: Settings, *, timeout_s: float) -> ArqRedis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         list(addresses), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
     )
+    retry: dict[str, Any] = {}
+    if retries:
+        retry = {
+            "retry": Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionError],
+        }
     client = sentinel.master_for(
         settings.redis_sentinel_master,
         redis_class=ArqRedis,
@@ -119,6 +131,9 @@ def client_for(settings: Settings, *, timeout_s: float) -> ArqRedis:
         username=dsn.username,
         password=dsn.password,
         ssl=dsn.ssl,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        **retry,
     )
     for name, value in options.items():
         setattr(client, name, value)
