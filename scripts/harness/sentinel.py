@@ -85,13 +85,16 @@ class SentinelServer(ServiceProcess):
 class SentinelTopology:
     """Primary + replica + three Sentinels; which server is primary changes on failover."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, appendonly: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.directory = directory
-        first = RedisServer(directory / "redis-a", appendonly=appendonly)
+        self.extra_args = extra_args
+        first = RedisServer(directory / "redis-a", appendonly=appendonly, extra_args=extra_args)
         second = RedisServer(
             directory / "redis-b",
             appendonly=appendonly,
-            extra_args=("--replicaof", "127.0.0.1", str(first.port)),
+            extra_args=(*extra_args, "--replicaof", "127.0.0.1", str(first.port)),
         )
         self.servers = (first, second)
         self.sentinel_servers = tuple(
@@ -133,6 +136,10 @@ class SentinelTopology:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def processes(self) -> tuple[RedisServer | SentinelServer, ...]:
+        """Every server and Sentinel of the topology."""
+        return (*self.servers, *self.sentinel_servers)
 
     def primary_address(self) -> tuple[str, int] | None:
         """The primary as the first answering Sentinel reports it."""
@@ -181,7 +188,7 @@ class SentinelTopology:
     def rejoin(self, server: RedisServer) -> None:
         """Restart ``server`` (killed) as a replica of the current primary."""
         primary = self.primary()
-        server.extra_args = ("--replicaof", "127.0.0.1", str(primary.port))
+        server.extra_args = (*self.extra_args, "--replicaof", "127.0.0.1", str(primary.port))
         server.start()
 
     def wait_for_replicas(self, count: int, timeout_s: float = 30.0) -> None:
