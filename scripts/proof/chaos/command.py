@@ -66,6 +66,13 @@ __all__ = ["chaos_command"]
 @click.option(
     "--redis-crash", is_flag=True, help="Also SIGKILL Redis (runs it with appendfsync always)."
 )
+@click.option(
+    "--redis-topology",
+    type=click.Choice(["single", "sentinel"], case_sensitive=False),
+    default="single",
+    show_default=True,
+    help="sentinel: primary + replica + three Sentinels; adds the redis_primary_kill fault.",
+)
 @click.option("--mongo-url", help="A MongoDB to use instead of the embedded one (single host).")
 @click.option("--mongo-db", help="Database name (default: a fresh chaos_<hex>).")
 @click.option("--port", type=int, help="API port (default: a free one).")
@@ -88,6 +95,7 @@ def chaos_command(
     drain_timeout: float,
     mongo_outage_mode: str,
     redis_crash: bool,
+    redis_topology: str,
     mongo_url: str | None,
     mongo_db: str | None,
     port: int | None,
@@ -113,6 +121,7 @@ def chaos_command(
         drain_timeout_s=drain_timeout,
         mongo_outage_mode=OutageMode(mongo_outage_mode),
         redis_crash=redis_crash,
+        redis_topology=redis_topology,
         mongo_url=mongo_url,
         port=port,
         downstream_latency_ms=downstream_latency_ms,
