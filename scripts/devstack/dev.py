@@ -26,7 +26,7 @@ from typing import Literal
 import click
 
 from scripts.commands.sign import curl_line, sign_body
-from scripts.devstack.stack import Stack, StackOptions
+from scripts.devstack.stack import Stack, StackOptions, redis_topology_option
 from scripts.harness.services import ServiceError
 from shared.settings import SourceConfig, load_settings, redact_url
 
@@ -73,13 +73,7 @@ def _raise_stop(signum: int, _: FrameType | None) -> None:
 @click.option(
     "--log-dir", type=click.Path(file_okay=False, path_type=Path), help="Write child logs here."
 )
-@click.option(
-    "--redis-topology",
-    type=click.Choice(["single", "sentinel"], case_sensitive=False),
-    default="single",
-    show_default=True,
-    help="sentinel: a primary, a replica and three Sentinels on loopback.",
-)
+@redis_topology_option
 def dev_command(
     port: int,
     workers: int,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import click
 import httpx
 
 from scripts.harness.sentinel import SentinelTopology
@@ -104,6 +105,16 @@ class Child:
         if self.wait(timeout_s) is None:
             self.signal(signal.SIGKILL)
             self.wait(10)
+
+
+redis_topology_option = click.option(
+    "--redis-topology",
+    type=click.Choice(["single", "sentinel"], case_sensitive=False),
+    default="single",
+    show_default=True,
+    help="sentinel: a primary, a replica and three Sentinels on loopback.",
+)
+"""The ``--redis-topology`` option of ``gateway dev`` and ``gateway chaos``."""
 
 
 @dataclass

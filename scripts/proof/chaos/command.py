@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from scripts.devstack.stack import redis_topology_option
 from scripts.harness.services import ServiceError
 from scripts.harness.tcp_proxy import OutageMode
 from scripts.proof.chaos.plan import (
@@ -66,13 +67,7 @@ __all__ = ["chaos_command"]
 @click.option(
     "--redis-crash", is_flag=True, help="Also SIGKILL Redis (runs it with appendfsync always)."
 )
-@click.option(
-    "--redis-topology",
-    type=click.Choice(["single", "sentinel"], case_sensitive=False),
-    default="single",
-    show_default=True,
-    help="sentinel: primary + replica + three Sentinels; adds the redis_primary_kill fault.",
-)
+@redis_topology_option  # sentinel also adds the redis_primary_kill fault
 @click.option("--mongo-url", help="A MongoDB to use instead of the embedded one (single host).")
 @click.option("--mongo-db", help="Database name (default: a fresh chaos_<hex>).")
 @click.option("--port", type=int, help="API port (default: a free one).")
