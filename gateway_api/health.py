@@ -1,7 +1,10 @@
 """``GET /health/live`` and ``GET /health/ready`` (SPEC §3.2).
 
-Liveness answers 200 while the process serves requests. Readiness pings Redis
-and MongoDB concurrently, each bounded by
+Liveness answers 200 while the process serves requests. Readiness asks Redis
+and MongoDB concurrently (Redis ``ROLE``, Mongo ``hello``), reporting the
+topology each check sees (docs/contract.md §4.5): Redis ``single`` or
+``sentinel`` with the primary's address and its replicas, MongoDB
+``standalone`` or ``replica_set``. Each check is each bounded by
 :data:`~gateway_api.resources.READINESS_TIMEOUT_S`, so it answers within about
 a second even when a dependency hangs; 503 names the failing check with an
 error string that never carries a URL or a password.
@@ -23,7 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway_api.resources import READINESS_TIMEOUT_S, ApiResources
 from shared.storage.errors import StorageError
-from shared.storage.mongo import ping
+from shared.storage.mongo import topology as mongo_topology
 
 __all__ = ["Check", "Liveness", "Readiness", "live", "ready"]
 
@@ -33,11 +36,12 @@ _MAX_ERROR_CHARS: Final = 200
 
 
 class Check(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One dependency's state: ``latency_ms`` when it answered, ``error`` when not."""
+    """One dependency's state: ``latency_ms`` and ``topology`` if it answered, else ``error``."""
 
     ok: bool
     latency_ms: float | None = None
     error: str | None = None
+    topology: dict[str, str | int] | None = None
 
 
 class Readiness(msgspec.Struct, frozen=True):
@@ -62,21 +66,38 @@ def _describe(exc: BaseException, secrets: Iterable[str]) -> str:
 
 
 async def _check(
-    name: str, probe: Callable[[], Awaitable[Any]], secrets: Iterable[str]
+    name: str, probe: Callable[[], Awaitable[dict[str, str | int]]], secrets: Iterable[str]
 ) -> tuple[str, Check]:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_S):
-            await probe()
+            seen = await probe()
     except TimeoutError:
         error = f"no answer within {READINESS_TIMEOUT_S} s"
     except (RedisError, StorageError, OSError) as exc:
         error = _describe(exc, secrets)
     else:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        return name, Check(ok=True, latency_ms=latency_ms)
+        return name, Check(ok=True, latency_ms=latency_ms, topology=seen)
     log.warning("health.check_failed", check=name, error=error)
     return name, Check(ok=False, error=error)
+
+
+async def _redis_topology(resources: ApiResources) -> dict[str, str | int]:
+    """``ROLE`` of the server the API writes to, and where it is."""
+    redis = resources.redis
+    role = await redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    kind = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
+    if kind != "master":
+        raise RedisError(f"the queue's Redis is a {kind}, not a primary")
+    manager = getattr(redis.connection_pool, "sentinel_manager", None)
+    if manager is not None:
+        host, port = await manager.discover_master(resources.settings.redis_sentinel_master)
+        mode = "sentinel"
+    else:
+        kwargs = redis.connection_pool.connection_kwargs
+        host, port, mode = kwargs.get("host", "localhost"), kwargs.get("port", 6379), "single"
+    return {"mode": mode, "primary": f"{host}:{port}", "replicas": len(role[2])}
 
 
 @get("/health/live", sync_to_thread=False, tags=["operations"])
@@ -108,8 +129,8 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     urls = (settings.redis_url, settings.mongo_url)
     secrets = [password for url in urls if (password := urlsplit(url).password)]
     results = await asyncio.gather(
-        _check("redis", resources.redis.ping, secrets),
-        _check("mongo", lambda: ping(resources.mongo_db), secrets),
+        _check("redis", lambda: _redis_topology(resources), secrets),
+        _check("mongo", lambda: mongo_topology(resources.mongo_db), secrets),
     )
     checks = dict(results)
     healthy = all(check.ok for check in checks.values())

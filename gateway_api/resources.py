@@ -22,8 +22,21 @@ from redis.exceptions import RedisError
 
 from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
 from shared.contracts import QueuedEvent
-from shared.queue import Enqueuer, QueueUnavailable, open_queue_pool
-from shared.settings import Settings, SourceConfig, check_settings, redact_url
+from shared.queue import (
+    Enqueuer,
+    QueueUnavailable,
+    ReplicationUnconfirmed,
+    close_client,
+    pool_for,
+)
+from shared.settings import (
+    Settings,
+    SourceConfig,
+    check_settings,
+    mongo_write_concern_w,
+    redact_url,
+    sentinel_addresses,
+)
 from shared.signing import verify_hex, verify_standard
 from shared.storage.mongo import Document, open_mongo
 
@@ -84,8 +97,15 @@ class ApiResources:
         """Open the Redis pool (failing fast if Redis is unreachable) and the Mongo client."""
         settings = self.settings
         try:
-            self._redis = await open_queue_pool(settings.redis_url, settings.queue_name, retries=0)
-            self._enqueuer = Enqueuer(self._redis, settings.queue_name, timeout_s=ENQUEUE_TIMEOUT_S)
+            self._redis = await pool_for(settings, retries=0)
+            self._enqueuer = Enqueuer(
+                self._redis,
+                settings.queue_name,
+                timeout_s=ENQUEUE_TIMEOUT_S,
+                ack_replicas=settings.ack_replicas,
+                sentinels=sentinel_addresses(settings),
+                sentinel_master=settings.redis_sentinel_master,
+            )
             await self._enqueuer.load_script()
         except (RedisError, OSError) as exc:
             await self.close()
@@ -93,7 +113,11 @@ class ApiResources:
                 f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}"
             ) from exc
         # PyMongo connects lazily: this never blocks, and Mongo is only used for readiness.
-        self._mongo = open_mongo(settings.mongo_url, timeout_s=READINESS_TIMEOUT_S)
+        self._mongo = open_mongo(
+            settings.mongo_url,
+            timeout_s=READINESS_TIMEOUT_S,
+            write_concern=mongo_write_concern_w(settings),
+        )
 
     async def close(self) -> None:
         """Let in-flight enqueues finish (for a bounded time), then close the clients."""
@@ -105,7 +129,7 @@ class ApiResources:
                 async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                     await enqueuer.close()
         if self._redis is not None:
-            await self._redis.aclose()
+            await close_client(self._redis)
             self._redis = None
         if self._mongo is not None:
             await self._mongo.close()
@@ -140,7 +164,9 @@ class ApiResources:
         with the old server. A retry that finds the key existing proves the
         job is in Redis, so answering "duplicate" then is truthful. The whole
         call is bounded by the enqueuer's own deadline (:data:`ENQUEUE_TIMEOUT_S`
-        per attempt): a hung Redis gives 503, not a hung request.
+        per attempt): a hung Redis gives 503, not a hung request. An enqueue
+        stored but not confirmed by the replicas (``GATEWAY_ACK_REPLICAS``) is
+        not retried here, for the same reason: its retry would say "duplicate".
         """
         enqueuer = self._enqueuer
         if enqueuer is None:
@@ -150,6 +176,8 @@ class ApiResources:
         try:
             try:
                 return await enqueuer.enqueue(key, job)
+            except ReplicationUnconfirmed:
+                raise  # stored, unconfirmed: a retry now would answer "duplicate"
             except QueueUnavailable:
                 return await enqueuer.enqueue(key, job)
         finally:

@@ -8,14 +8,12 @@ import socket
 import sys
 
 import click
-import redis.asyncio as redis_asyncio
-from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from gateway_worker.worker import build_worker_settings
+from gateway_worker.worker import GatewayWorker, build_worker_settings
 from shared.logging import configure_logging
-from shared.queue import worker_health_key
-from shared.settings import Settings, settings_from_env
+from shared.queue import client_for, close_client, worker_health_key
+from shared.settings import Settings, mongo_write_concern_w, settings_from_env
 from shared.storage.errors import StorageError
 from shared.storage.indexes import IndexChange, ensure_indexes, index_specs
 from shared.storage.mongo import open_mongo
@@ -39,7 +37,7 @@ def worker_command() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        Worker(**build_worker_settings(settings)).run()
+        GatewayWorker(**build_worker_settings(settings)).run()
     finally:
         loop.close()
         asyncio.set_event_loop(None)
@@ -68,9 +66,7 @@ def health_command(worker_id: str | None) -> None:
 
 
 async def _find_health_key(settings: Settings, worker_id: str | None) -> str | None:
-    client = redis_asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=3, socket_connect_timeout=3
-    )
+    client = client_for(settings, timeout_s=3)
     try:
         if worker_id is not None:
             key = worker_health_key(settings.queue_name, worker_id)
@@ -81,7 +77,7 @@ async def _find_health_key(settings: Settings, worker_id: str | None) -> str | N
             return raw.decode() if isinstance(raw, bytes) else str(raw)
         return None
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 def _glob_escape(text: str) -> str:
@@ -102,7 +98,11 @@ def init_db_command() -> None:
 
 
 async def _init_db(settings: Settings) -> list[IndexChange]:
-    client = open_mongo(settings.mongo_url, timeout_s=settings.mongo_timeout_s)
+    client = open_mongo(
+        settings.mongo_url,
+        timeout_s=settings.mongo_timeout_s,
+        write_concern=mongo_write_concern_w(settings),
+    )
     try:
         return await ensure_indexes(client[settings.mongo_db], index_specs(settings.dedupe_ttl_s))
     finally:

@@ -10,9 +10,9 @@
   counter also grows on runs that are not failed attempts (deferrals behind
   another job's lease, retries while MongoDB is unreachable, cancellations);
   the headroom covers hours of MongoDB outage at the backoff cap.
-* ``redis_settings`` with a redis-py retry policy (:data:`REDIS_RETRIES`
-  attempts, exponential backoff up to 5 s) so a Redis restart does not end
-  the worker.
+* ``redis_settings`` (through Sentinel when configured) with a redis-py
+  retry policy (:data:`REDIS_RETRIES` attempts, exponential backoff up to
+  5 s) so a Redis restart or failover does not end the worker.
 * msgspec MessagePack for jobs and results, never pickle.
 * a health-check key of this worker's own, refreshed every
   ``GATEWAY_WORKER_HEALTH_INTERVAL_S``.
@@ -34,8 +34,9 @@ from typing import Any, Final
 import httpx
 import structlog
 from arq.connections import ArqRedis
-from arq.worker import func
-from redis.exceptions import RedisError
+from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
 
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
@@ -43,17 +44,19 @@ from gateway_worker.metrics import MetricsServer, WorkerMetrics
 from shared.queue import (
     JOB_EXPIRES_MS,
     JOB_FUNCTION,
+    client_for,
     deserialize,
-    redis_settings,
     serialize,
+    settings_for,
     worker_health_key,
 )
-from shared.settings import Settings, check_settings
+from shared.settings import Settings, check_settings, mongo_write_concern_w, sentinel_addresses
 from shared.storage.mongo import open_mongo
 
 __all__ = [
     "ARQ_MAX_TRIES_HEADROOM",
     "REDIS_RETRIES",
+    "GatewayWorker",
     "build_worker_settings",
     "default_worker_id",
     "process_event",
@@ -79,14 +82,42 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
     return await processor.process(ctx["job_id"], ctx["job_try"], payload)
 
 
+class GatewayWorker(Worker):
+    """arq's worker, surviving a connection lost while it claims a job.
+
+    arq claims a job under ``WATCH``; a connection lost there (a Redis
+    failover, docs/contract.md §4.5) surfaces from redis-py as
+    :class:`~redis.exceptions.WatchError` or ``ConnectionError`` outside arq's
+    own handling and would end the worker. Here it ends only this poll round:
+    the claim that was being made is undone (counter and semaphore, exactly
+    as arq does for a job it skips) and the next poll, on a new connection to
+    the current primary, claims the job again.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except (WatchError, RedisConnectionError) as exc:
+                self.job_counter = self.job_counter - 1
+                self.sem.release()
+                log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
+                return
+
+
 def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` running our job from ``settings``."""
     check_settings(settings)
     name = worker_id or default_worker_id(settings)
+    sentinel: dict[str, Any] = {}
+    if sentinel_addresses(settings):
+        # arq's Sentinel pool has no retry policy; ours rides out the failover.
+        sentinel["redis_pool"] = client_for(settings, timeout_s=5.0, retries=REDIS_RETRIES)
     return {
         "functions": [func(process_event, name=JOB_FUNCTION)],
         "queue_name": settings.queue_name,
-        "redis_settings": redis_settings(settings.redis_url, retries=REDIS_RETRIES),
+        "redis_settings": settings_for(settings, retries=REDIS_RETRIES),
+        **sentinel,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "expires_extra_ms": JOB_EXPIRES_MS,
@@ -115,6 +146,7 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
         settings.mongo_url,
         timeout_s=settings.mongo_timeout_s,
         app_name=f"gateway-worker/{worker_id}",
+        write_concern=mongo_write_concern_w(settings),
     )
     stack.push_async_callback(mongo.close)
 

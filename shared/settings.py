@@ -37,7 +37,9 @@ __all__ = [
     "check_settings",
     "decode_secret",
     "load_settings",
+    "mongo_write_concern_w",
     "redact_url",
+    "sentinel_addresses",
 ]
 
 ENV_PREFIX = "GATEWAY_"
@@ -142,6 +144,17 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How often an idle worker polls the queue for due jobs (arq ``poll_delay``)."""
     mongo_timeout_s: PositiveFloat = 5.0
     """Server selection, connect and socket timeout of a worker's MongoDB operations."""
+    # High availability (docs/contract.md §4.5); checked in _check_high_availability.
+    redis_sentinels: str = ""
+    """``host:port,...`` of Redis Sentinels; when set, the primary is found through them
+    (``GATEWAY_REDIS_URL`` then only supplies database, credentials and TLS)."""
+    redis_sentinel_master: str = "mymaster"
+    """Name the Sentinels monitor the queue's primary under."""
+    ack_replicas: Annotated[int, Meta(ge=0)] = 0
+    """Replicas that must acknowledge an enqueue (``WAIT n``) before the API answers 202."""
+    mongo_write_concern: str = "majority"
+    """``w`` of every MongoDB write that decides an outcome: ``majority`` or a number >= 1
+    (always journaled)."""
 
     def __repr__(self) -> str:
         shown = {
@@ -151,6 +164,38 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             "sources": sorted(self.sources),
         }
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())}, ...)"
+
+
+def sentinel_addresses(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """``GATEWAY_REDIS_SENTINELS`` as ``(host, port)`` pairs; empty without Sentinel."""
+    addresses: list[tuple[str, int]] = []
+    for item in filter(None, (part.strip() for part in settings.redis_sentinels.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"GATEWAY_REDIS_SENTINELS: expected host:port[,host:port...], got {item!r}"
+            )
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
+
+
+def mongo_write_concern_w(settings: Settings) -> int | str:
+    """``GATEWAY_MONGO_WRITE_CONCERN`` as PyMongo's ``w``: ``"majority"`` or a count >= 1."""
+    value = settings.mongo_write_concern.strip()
+    if value.casefold() == "majority":
+        return "majority"
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise SettingsError(
+        f"GATEWAY_MONGO_WRITE_CONCERN: expected 'majority' or a number >= 1, got {value!r}"
+    )
+
+
+def _check_high_availability(settings: Settings) -> None:
+    sentinel_addresses(settings)
+    mongo_write_concern_w(settings)
+    if settings.redis_sentinels and not settings.redis_sentinel_master:
+        raise SettingsError("GATEWAY_REDIS_SENTINEL_MASTER: required with GATEWAY_REDIS_SENTINELS")
 
 
 def decode_secret(secret: str) -> bytes:
@@ -236,6 +281,7 @@ def check_settings(settings: Settings) -> None:
     first is still applying it.
     """
     _check_sources(settings.sources)
+    _check_high_availability(settings)
     if settings.downstream_url and not settings.downstream_secret:
         raise SettingsError(
             "GATEWAY_DOWNSTREAM_SECRET: required when GATEWAY_DOWNSTREAM_URL is set"

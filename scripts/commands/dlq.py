@@ -29,8 +29,6 @@ from typing import Any, Final
 
 import click
 import structlog
-from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
 from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -67,8 +65,8 @@ from shared.dlq import (
     parse_rate,
     parse_time,
 )
-from shared.queue import JOB_EXPIRES_MS, QueueUnavailable, deserialize, serialize
-from shared.settings import Settings
+from shared.queue import QueueUnavailable, client_for, close_client
+from shared.settings import Settings, mongo_write_concern_w
 from shared.storage.errors import StorageError
 from shared.storage.mongo import open_mongo
 
@@ -87,26 +85,20 @@ async def _open_service(settings: Settings) -> AsyncIterator[DeadLetterService]:
     Redis is down (the usual reason to be here at 3 a.m.).
     """
     mongo = open_mongo(
-        settings.mongo_url, timeout_s=settings.mongo_timeout_s, app_name="gateway-dlq"
+        settings.mongo_url,
+        timeout_s=settings.mongo_timeout_s,
+        app_name="gateway-dlq",
+        write_concern=mongo_write_concern_w(settings),
     )
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-    )
-    redis = ArqRedis(
-        pool,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=settings.queue_name,
-        expires_extra_ms=JOB_EXPIRES_MS,
-    )
+    # Through Sentinel when GATEWAY_REDIS_SENTINELS is set.
+    redis = client_for(settings, timeout_s=REDIS_TIMEOUT_S)
     try:
         async with DeadLetterService(
             mongo[settings.mongo_db], redis, settings.queue_name
         ) as service:
             yield service
     finally:
-        await redis.aclose()
-        await pool.disconnect()
+        await close_client(redis)
         await mongo.close()
 
 

@@ -21,11 +21,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import click
 
 from scripts.commands.sign import curl_line, sign_body
-from scripts.devstack.stack import Stack, StackOptions
+from scripts.devstack.stack import Stack, StackOptions, redis_topology_option
 from scripts.harness.services import ServiceError
 from shared.settings import SourceConfig, load_settings, redact_url
 
@@ -72,7 +73,14 @@ def _raise_stop(signum: int, _: FrameType | None) -> None:
 @click.option(
     "--log-dir", type=click.Path(file_okay=False, path_type=Path), help="Write child logs here."
 )
-def dev_command(port: int, workers: int, with_mock_downstream: bool, log_dir: Path | None) -> None:
+@redis_topology_option
+def dev_command(
+    port: int,
+    workers: int,
+    with_mock_downstream: bool,
+    log_dir: Path | None,
+    redis_topology: Literal["single", "sentinel"],
+) -> None:
     """Run the whole gateway locally until Ctrl-C."""
     from shared.settings import settings_from_env
 
@@ -86,6 +94,8 @@ def dev_command(port: int, workers: int, with_mock_downstream: bool, log_dir: Pa
             mongo_db=os.environ.get("GATEWAY_MONGO_DB") or "gateway",
             mock_downstream=with_mock_downstream,
             log_dir=log_dir,
+            redis_topology=redis_topology,
+            redis_appendonly=redis_topology == "sentinel",
         )
     )
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -154,7 +164,14 @@ def _print_banner(stack: Stack) -> None:
         f"  worker-{i + 1} metrics http://127.0.0.1:{p}/metrics"
         for i, p in enumerate(stack.worker_metrics_ports)
     ]
-    lines.append(f"  Redis            {redact_url(stack.redis_url)}")
+    if stack.sentinel is not None:
+        primary = stack.sentinel.primary()
+        lines.append(
+            f"  Redis            Sentinel {stack.sentinel.sentinels_env} "
+            f"(primary 127.0.0.1:{primary.port})"
+        )
+    else:
+        lines.append(f"  Redis            {redact_url(stack.redis_url)}")
     if stack.mongo_is_embedded:
         lines.append(f"  MongoDB          {stack.mongo_url}")
         lines.append("  !! MongoDB is the embedded in-memory server: NON-DURABLE, lost on exit.")

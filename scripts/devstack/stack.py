@@ -29,11 +29,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import click
 import httpx
 
+from scripts.harness.sentinel import SentinelTopology
 from scripts.harness.services import (
     EmbeddedMongo,
     RedisServer,
@@ -105,6 +107,16 @@ class Child:
             self.wait(10)
 
 
+redis_topology_option = click.option(
+    "--redis-topology",
+    type=click.Choice(["single", "sentinel"], case_sensitive=False),
+    default="single",
+    show_default=True,
+    help="sentinel: a primary, a replica and three Sentinels on loopback.",
+)
+"""The ``--redis-topology`` option of ``gateway dev`` and ``gateway chaos``."""
+
+
 @dataclass
 class StackOptions:
     """What to run. ``None`` URLs mean "start our own"."""
@@ -117,6 +129,8 @@ class StackOptions:
     redis_appendonly: bool = False
     redis_args: tuple[str, ...] = ()
     """Extra ``redis-server`` arguments (e.g. ``("--appendfsync", "always")``)."""
+    redis_topology: Literal["single", "sentinel"] = "single"
+    """``sentinel``: a primary, a replica and three Sentinels (scripts/harness/sentinel.py)."""
     mongo_proxy: bool = False
     """Reach MongoDB through a TCP proxy (``Stack.mongo_proxy``) that a harness can cut."""
     mock_downstream: bool = False
@@ -138,6 +152,7 @@ class Stack:
         self._own_workdir = options.workdir is None
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="gateway-stack-"))
         self.redis: RedisServer | None = None
+        self.sentinel: SentinelTopology | None = None
         self.mongo: EmbeddedMongo | None = None
         self.redis_url = options.redis_url or ""
         self.mongo_url = options.mongo_url or ""
@@ -202,6 +217,8 @@ class Stack:
             self.mongo.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.sentinel is not None:
+            self.sentinel.stop()
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -219,7 +236,8 @@ class Stack:
     def pids(self) -> list[int]:
         """Every process this stack started (children and services) that is still known."""
         pids = [c.pid for c in self.children() if c.pid is not None]
-        for service in (self.redis, self.mongo, self.mongo_proxy):
+        ha = () if self.sentinel is None else self.sentinel.processes()
+        for service in (self.redis, self.mongo, self.mongo_proxy, *ha):
             if service is not None and service.process is not None:
                 pids.append(service.process.pid)
         return pids
@@ -229,6 +247,8 @@ class Stack:
         ports = [self.options.port, *self.worker_metrics_ports]
         if self.redis is not None:
             ports.append(self.redis.port)
+        if self.sentinel is not None:
+            ports.extend(p.port for p in self.sentinel.processes())
         if self.mongo is not None:
             ports.append(self.mongo.port)
         if self.mongo_proxy is not None:
@@ -255,7 +275,14 @@ class Stack:
     # ---- internals -------------------------------------------------------------------------
 
     def _start_storage(self) -> None:
-        if not self.redis_url:
+        if not self.redis_url and self.options.redis_topology == "sentinel":
+            self.sentinel = SentinelTopology(
+                self.workdir / "redis-ha",
+                appendonly=self.options.redis_appendonly,
+                extra_args=self.options.redis_args,
+            ).start()
+            self.redis_url = self.sentinel.url
+        elif not self.redis_url:
             self.redis = RedisServer(
                 self.workdir / "redis",
                 appendonly=self.options.redis_appendonly,
@@ -306,6 +333,11 @@ class Stack:
         env.update(
             {
                 "GATEWAY_REDIS_URL": self.redis_url,
+                **(
+                    {}
+                    if self.sentinel is None
+                    else {"GATEWAY_REDIS_SENTINELS": self.sentinel.sentinels_env}
+                ),
                 "GATEWAY_MONGO_URL": self.mongo_url,
                 "GATEWAY_MONGO_DB": self.options.mongo_db,
                 "GATEWAY_PORT": str(self.options.port),

@@ -105,11 +105,21 @@ def server_says_retry(exc: OperationFailure) -> bool:
 
 
 def open_mongo(
-    url: str, *, timeout_s: float = 5.0, app_name: str = "courier-event-gateway", **options: Any
+    url: str,
+    *,
+    timeout_s: float = 5.0,
+    app_name: str = "courier-event-gateway",
+    write_concern: int | str = "majority",
+    **options: Any,
 ) -> AsyncMongoClient[Document]:
     """An async client with timeouts short enough to classify an outage quickly.
 
     PyMongo connects lazily, so this never blocks; the first operation does.
+    Every write waits for ``write_concern`` members and the journal
+    (``GATEWAY_MONGO_WRITE_CONCERN``, docs/contract.md §4.5): an outcome a
+    worker records survives the loss of the primary once it is acknowledged.
+    ``wtimeout`` bounds that wait by ``timeout_s``; a timeout is the retryable
+    ``WriteConcernFailed`` (code 64) classified above.
     """
     ms = int(timeout_s * 1000)
     return AsyncMongoClient(
@@ -120,6 +130,9 @@ def open_mongo(
         connectTimeoutMS=ms,
         socketTimeoutMS=ms,
         retryWrites=True,
+        w=write_concern,
+        journal=True,
+        wTimeoutMS=ms,
         **options,
     )
 
@@ -162,3 +175,17 @@ async def ping(db: AsyncDatabase[Document]) -> float:
     with translate_errors("ping"):
         await db.command("ping")
     return (time.perf_counter() - started) * 1000
+
+
+async def topology(db: AsyncDatabase[Document]) -> dict[str, str | int]:
+    """What ``hello`` says of the deployment: ``standalone`` or ``replica_set`` (name, primary)."""
+    with translate_errors("hello"):
+        hello = await db.command("hello")
+    if "setName" not in hello:
+        return {"mode": "standalone"}
+    return {
+        "mode": "replica_set",
+        "set_name": str(hello["setName"]),
+        "primary": str(hello.get("primary", "")),
+        "members": len(hello.get("hosts", ())),
+    }

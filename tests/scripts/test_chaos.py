@@ -518,7 +518,8 @@ def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: P
     assert report["passed"] is True
     assert all(inv["passed"] for inv in report["invariants"])
     assert {f["kind"] for f in report["faults"]} == {kind.value for kind in FaultKind} - {
-        "redis_crash"
+        "redis_crash",
+        "redis_primary_kill",
     }
     assert report["load"]["accepted_202"] > 500
     kill = next(f for f in report["faults"] if f["kind"] == "worker_kill")
@@ -526,6 +527,28 @@ def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: P
     assert kill["recovery"]["in_flight_done_s"] is not None
     assert "# Chaos run — PASS" in (output / "report.md").read_text()
     assert (output / "logs" / "worker-1.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_short_sentinel_chaos_run_follows_a_primary_kill_losing_nothing_accepted(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "chaos"
+    args = ["--redis-topology", "sentinel", "--duration", "60", "--outage", "4"]
+    args += ["--redis-down", "2", "--rate", "20", "--set", "GATEWAY_ACK_REPLICAS=1"]
+    args += ["--output", str(output), "--drain-timeout", "150", "--seed", "3"]
+    result = run_gateway("chaos", args, timeout=380)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    report = json.loads((output / "report.json").read_text())
+    assert report["passed"] is True
+    assert all(inv["passed"] for inv in report["invariants"])
+    kinds = {f["kind"] for f in report["faults"]}
+    assert kinds == {kind.value for kind in FaultKind} - {"redis_crash"}
+    kill = next(f for f in report["faults"] if f["kind"] == "redis_primary_kill")
+    assert kill["details"]["new_primary_port"] != int(kill["target"].rpartition(":")[2])
+    assert kill["recovery"]["first_2xx_after_kill_s"] is not None
+    assert report["config"]["ack_replicas"] == 1
 
 
 def test_a_backlog_not_cleared_before_the_next_fault_is_reported_as_such() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from scripts.devstack.stack import redis_topology_option
 from scripts.harness.services import ServiceError
 from scripts.harness.tcp_proxy import OutageMode
 from scripts.proof.chaos.plan import ChaosOptions, plan_faults
@@ -70,6 +71,7 @@ def _gateway_env(
 @click.option(
     "--redis-crash", is_flag=True, help="Also SIGKILL Redis (runs it with appendfsync always)."
 )
+@redis_topology_option  # sentinel also adds the redis_primary_kill fault
 @mongo_url_option("A MongoDB to use instead of the embedded one (single host).")
 @click.option("--mongo-db", help="Database name (default: a fresh chaos_<hex>).")
 @click.option("--port", type=int, help="API port (default: a free one).")

@@ -340,7 +340,10 @@ def compute_recovery(c: Collected) -> None:
       next fault began first;
     * ``in_flight_done_s`` — fault start → every job the worker held is terminal;
     * ``first_completion_s`` — fault end → the first job completed after it;
-    * ``first_delivery_s`` — fault end → the first 2xx delivery after it.
+    * ``first_delivery_s`` — fault end → the first 2xx delivery after it;
+    * ``first_2xx_after_kill_s`` (``redis_primary_kill``) — the SIGKILL → the
+      first 2xx to a request sent after it; the 503s answered in between are
+      the fault's ``answers_503_meanwhile``.
     """
     completions = sorted(d.completed_at for d in c.processed.values() if d.completed_at)
     ok_times = sorted(
@@ -363,6 +366,21 @@ def compute_recovery(c: Collected) -> None:
             after = [at for sent, at in answers if sent >= end]
             recovery["api_2xx_s"] = round(min(after) - end, 2) if after else None
         if fault.kind in (FaultKind.MONGO_OUTAGE, FaultKind.REDIS_RESTART, FaultKind.REDIS_CRASH):
+            later = [t for t in completions if t > end]
+            recovery["first_completion_s"] = round(later[0] - end, 2) if later else None
+        if fault.kind is FaultKind.REDIS_PRIMARY_KILL:
+            # From the SIGKILL: how long couriers waited for a 2xx, and what they got meanwhile.
+            after_kill = [at for sent, at in answers if sent >= fault.started_at]
+            first = min(after_kill) if after_kill else None
+            recovery["first_2xx_after_kill_s"] = (
+                round(first - fault.started_at, 2) if first is not None else None
+            )
+            fault.details["answers_503_meanwhile"] = sum(
+                1
+                for e in c.driver.events
+                for a in e.answers
+                if a.status == 503 and a.at >= fault.started_at and (first is None or a.at <= first)
+            )
             later = [t for t in completions if t > end]
             recovery["first_completion_s"] = round(later[0] - end, 2) if later else None
         if fault.kind is FaultKind.DOWNSTREAM_OUTAGE:

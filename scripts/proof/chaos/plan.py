@@ -54,6 +54,8 @@ class ChaosOptions:
     drain_timeout_s: float = 300.0
     mongo_outage_mode: OutageMode = OutageMode.DROP
     redis_crash: bool = False
+    redis_topology: str = "single"
+    """``sentinel``: primary + replica + three Sentinels, and the ``redis_primary_kill`` fault."""
     mongo_url: str | None = None
     mongo_db: str = field(default_factory=lambda: f"chaos_{uuid.uuid4().hex[:8]}")
     port: int | None = None
@@ -87,6 +89,7 @@ def _fault_duration(kind: FaultKind, options: ChaosOptions) -> float:
         FaultKind.WORKER_TERM: SHUTDOWN_GRACE_S + RESTART_DELAY_S,
         FaultKind.REDIS_RESTART: options.redis_down_s,
         FaultKind.REDIS_CRASH: options.redis_down_s,
+        FaultKind.REDIS_PRIMARY_KILL: options.redis_down_s,
         FaultKind.MONGO_OUTAGE: options.outage_s,
         FaultKind.DOWNSTREAM_OUTAGE: options.outage_s,
     }[kind]
@@ -119,6 +122,8 @@ def plan_faults(options: ChaosOptions) -> list[PlannedFault]:
     ]
     if options.redis_crash:
         kinds.append(FaultKind.REDIS_CRASH)
+    if options.redis_topology == "sentinel":
+        kinds.append(FaultKind.REDIS_PRIMARY_KILL)
     warmup = min(10.0, 0.1 * options.duration_s)
     durations = [_fault_duration(kind, options) for kind in kinds]
     settles = [_settle_s(kind, options) for kind in kinds]

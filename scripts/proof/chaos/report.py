@@ -72,6 +72,7 @@ class FaultKind(enum.StrEnum):
     WORKER_TERM = "worker_term"
     REDIS_RESTART = "redis_restart"
     REDIS_CRASH = "redis_crash"
+    REDIS_PRIMARY_KILL = "redis_primary_kill"
     MONGO_OUTAGE = "mongo_outage"
     DOWNSTREAM_OUTAGE = "downstream_outage"
 

@@ -79,6 +79,8 @@ from scripts.proof.chaos.report import (
     timeline,
 )
 from scripts.traffic.observe import Observer
+from shared.queue import client_for, close_client
+from shared.settings import Settings
 from shared.signing import generate_secret
 from shared.storage.mongo import (
     PROCESSED_EVENTS,
@@ -110,14 +112,25 @@ class _Run:
         stack = self.stack
         mongo = open_mongo(stack.mongo_direct_url, timeout_s=10, app_name="gateway-chaos")
         self.db: AsyncDatabase[Document] = mongo[self.options.mongo_db]
-        self.redis = Redis.from_url(stack.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        self.redis: Redis = (
+            Redis.from_url(stack.redis_url, socket_timeout=2, socket_connect_timeout=1)
+            if stack.sentinel is None
+            else client_for(
+                Settings(
+                    redis_url=stack.redis_url,
+                    redis_sentinels=stack.sentinel.sentinels_env,
+                    queue_name=QUEUE,
+                ),
+                timeout_s=2,
+            )
+        )
         assert stack.mock_url is not None
         self.mock = MockDownstreamClient(stack.mock_url)
         try:
             return await self._run()
         finally:
             await self.mock.aclose()
-            await self.redis.aclose()
+            await close_client(self.redis)
             await mongo.close()
 
     async def _run(self) -> Collected:
@@ -210,6 +223,7 @@ class _Run:
                 FaultKind.WORKER_TERM: self._worker_term,
                 FaultKind.REDIS_RESTART: self._redis_restart,
                 FaultKind.REDIS_CRASH: self._redis_restart,
+                FaultKind.REDIS_PRIMARY_KILL: self._redis_primary_kill,
                 FaultKind.MONGO_OUTAGE: self._mongo_outage,
                 FaultKind.DOWNSTREAM_OUTAGE: self._downstream_outage,
             }[planned.kind]
@@ -288,7 +302,8 @@ class _Run:
         )
 
     async def _redis_restart(self, planned: PlannedFault) -> FaultRecord:
-        redis = self.stack.redis
+        topology = self.stack.sentinel
+        redis = self.stack.redis if topology is None else topology.primary()
         assert redis is not None
         before = await self._depth()
         started = time.time()
@@ -297,7 +312,12 @@ class _Run:
         else:
             await asyncio.to_thread(redis.stop)
         await asyncio.sleep(self.options.redis_down_s)
-        await asyncio.to_thread(redis.start)
+        if topology is None:
+            await asyncio.to_thread(redis.start)
+        else:
+            # Down longer than down-after-milliseconds: Sentinel promoted the replica.
+            await asyncio.to_thread(topology.wait_for_failover, redis.port)
+            await asyncio.to_thread(topology.rejoin, redis)
         ended = time.time()
         after = None
         for _ in range(50):
@@ -312,6 +332,34 @@ class _Run:
             started_at=started,
             ended_at=ended,
             details={"stop": how, "queue_depth_before": before, "queue_depth_after": after},
+        )
+
+    async def _redis_primary_kill(self, planned: PlannedFault) -> FaultRecord:
+        """SIGKILL the primary under load; Sentinel promotes the replica; the killed
+        server comes back ``--redis-down`` seconds later as the new primary's replica."""
+        topology = self.stack.sentinel
+        assert topology is not None
+        before = await self._depth()
+        started = time.time()
+        killed = await asyncio.to_thread(topology.kill_primary)
+        await asyncio.to_thread(topology.wait_for_failover, killed.port)
+        promoted = time.time()
+        await asyncio.sleep(max(0.0, started + self.options.redis_down_s - time.time()))
+        await asyncio.to_thread(topology.rejoin, killed)
+        ended = time.time()
+        return FaultRecord(
+            kind=planned.kind,
+            target=f"redis primary :{killed.port}",
+            planned_at_s=planned.at_s,
+            started_at=started,
+            ended_at=ended,
+            details={
+                "stop": "SIGKILL",
+                "promoted_after_s": round(promoted - started, 2),
+                "new_primary_port": topology.primary().port,
+                "queue_depth_before": before,
+                "queue_depth_after": await self._depth(),
+            },
         )
 
     async def _mongo_outage(self, planned: PlannedFault) -> FaultRecord:
@@ -443,6 +491,7 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
             mongo_db=options.mongo_db,
             redis_appendonly=True,
             redis_args=redis_args,
+            redis_topology="sentinel" if options.redis_topology == "sentinel" else "single",
             mongo_proxy=True,
             mock_downstream=True,
             mock_args=["--latency-ms", f"{options.downstream_latency_ms:g}"],
@@ -476,6 +525,10 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
             for k, v in asdict(options).items()
         },
         "redis_appendfsync": "always" if options.redis_crash else "everysec",
+        "redis_topology": options.redis_topology,
+        "ack_replicas": int(
+            env.get("GATEWAY_ACK_REPLICAS") or os.environ.get("GATEWAY_ACK_REPLICAS") or 0
+        ),
         "shutdown_grace_s": SHUTDOWN_GRACE_S,
         "supervisor_restart_delay_s": RESTART_DELAY_S,
         **{k.removeprefix("GATEWAY_").lower(): v for k, v in options.settings_env.items()},
