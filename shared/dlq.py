@@ -1035,7 +1035,27 @@ class Lookup:
         record = await self._events.get(key)
         letter = await self._letters.get(key)
         if record is None and letter is None:
-            raise EventNotFound(key)
+            if not await self._queued(key):
+                raise EventNotFound(key)
+            return Timeline(
+                record=EventRecord(
+                    idempotency_key=key,
+                    status="queued",
+                    attempts=0,
+                    last_error=None,
+                    attempt_log=[],
+                    first_seen_at=None,
+                    updated_at=None,
+                    completed_at=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    dead_letter_status=None,
+                ),
+                success_duration_ms=None,
+                body=None,
+                shipment_id=None,
+                dead_letter=None,
+            )
         detail = None if letter is None else _detail(letter, None)
         body = record.body if record is not None and record.body is not None else None
         if body is None and letter is not None:
@@ -1070,6 +1090,13 @@ class Lookup:
             shipment_id=shipment_id,
             dead_letter=detail,
         )
+
+    async def _queued(self, key: str) -> bool:
+        """Accepted and waiting for a worker: its arq job exists (job id = key)."""
+        try:
+            return bool(await self._redis.exists(job_key_prefix + key))
+        except RedisError:
+            return False
 
     async def shipment(self, source: str, shipment_id: str) -> Document | None:
         """The ``active_shipments`` document (status and history), or ``None``."""
