@@ -183,7 +183,7 @@ async def overview(reads: Reads) -> Template:
     """Last hour per source, pending dead letters by code, queue depth, small charts."""
     since = datetime.now(UTC) - timedelta(hours=1)
     data = await reads.overview(since=since)
-    peak = max([1, *(s.accepted + s.succeeded + s.dead_lettered for s in data.sources)])
+    peak = max([1, *(s.succeeded + s.dead_lettered + s.in_flight for s in data.sources)])
     code_peak = max([1, *data.pending_by_code.values()])
     return Template(
         "overview.html",
