@@ -83,6 +83,8 @@ __all__ = [
     "DiscardRequest",
     "ReplayRequest",
     "admin_router",
+    "parse_choice",
+    "provide_service",
     "require_admin_token",
 ]
 
@@ -153,7 +155,8 @@ def require_admin_token(
         )
 
 
-async def _provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[DeadLetterService]:
+async def provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[DeadLetterService]:
+    """The dead-letter service of one request (the console's too)."""
     # Over the app's own clients, opened once in the lifespan: its MongoDB client,
     # its Redis pool and the enqueuer the ingest route uses.
     resources: ApiResources = request.app.state.resources
@@ -166,9 +169,10 @@ async def _provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[Dea
         yield service
 
 
-def _enum[E: (DeadLetterReason, DeadLetterStatus)](
+def parse_choice[E: (DeadLetterReason, DeadLetterStatus)](
     kind: type[E], value: str | None, name: str
 ) -> E | None:
+    """``value`` as a member of ``kind`` (blank → ``None``), else :class:`InvalidRequest`."""
     if value is None or value == "":
         return None
     try:
@@ -243,8 +247,8 @@ async def list_dead_letters(
     selection = _selection(
         source,
         code,
-        _enum(DeadLetterReason, reason, "reason"),
-        _enum(DeadLetterStatus, status, "status"),
+        parse_choice(DeadLetterReason, reason, "reason"),
+        parse_choice(DeadLetterStatus, status, "status"),
         since,
         until,
     )
@@ -334,6 +338,6 @@ def admin_router() -> Router:
             status_stream,
         ],
         guards=[require_admin_token],
-        dependencies={"service": Provide(_provide_service)},
+        dependencies={"service": Provide(provide_service)},
         tags=["admin"],
     )

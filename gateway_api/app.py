@@ -28,9 +28,9 @@ from litestar import Litestar
 from litestar.datastructures import State
 
 from gateway_api.admin import admin_router
-from gateway_api.console import console_routers, template_config
 from gateway_api.console.auth import Sessions
 from gateway_api.console.live import StatusRelay
+from gateway_api.console.pages import console_routers, template_config
 from gateway_api.context import RequestContextMiddleware
 from gateway_api.health import live, ready
 from gateway_api.ingest import ingest_event

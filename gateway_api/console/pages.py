@@ -7,8 +7,8 @@ Every read goes through :class:`shared.dlq.Lookup` and every action through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -18,10 +18,14 @@ from litestar.datastructures import Cookie
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, FromQuery, URLEncodedBody
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Stream, Template
+from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.template import TemplateConfig
 from msgspec import Struct
 
+from gateway_api.admin import parse_choice, provide_service
 from gateway_api.console.auth import (
     CONSOLE_PATH,
     SESSION_COOKIE,
@@ -42,7 +46,6 @@ from shared.dlq import (
     DeadLetterService,
     DeadLetterStatus,
     EventNotFound,
-    InvalidRequest,
     Lookup,
     NotDiscardable,
     NotReplayable,
@@ -53,8 +56,10 @@ from shared.dlq import (
 from shared.live import StatusChange
 from shared.settings import Settings
 
-__all__ = ["console_router"]
+__all__ = ["STATIC_DIR", "TEMPLATE_DIR", "console_router", "console_routers", "template_config"]
 
+TEMPLATE_DIR: Final = Path(__file__).parent / "templates"
+STATIC_DIR: Final = Path(__file__).parent / "static"
 OPERATOR: Final = "console"
 REPLAY_LIMIT: Final = 500
 """Most dead letters one console bulk replay (and its dry run) covers."""
@@ -83,8 +88,8 @@ class FilterForm(Struct, frozen=True, kw_only=True):
         return DeadLetterFilter(
             source=self.source or None,
             code=self.code or None,
-            reason=_choice(DeadLetterReason, self.reason, "reason"),
-            status=_choice(DeadLetterStatus, self.status, "status"),
+            reason=parse_choice(DeadLetterReason, self.reason, "reason"),
+            status=parse_choice(DeadLetterStatus, self.status, "status"),
             since=parse_time(self.since, now=now, name="since") if self.since else None,
             until=parse_time(self.until, now=now, name="until") if self.until else None,
         )
@@ -93,35 +98,12 @@ class FilterForm(Struct, frozen=True, kw_only=True):
         return urlencode({name: getattr(self, name) for name in _FILTERS if getattr(self, name)})
 
 
-def _choice[E: (DeadLetterReason, DeadLetterStatus)](
-    kind: type[E], value: str, name: str
-) -> E | None:
-    if not value:
-        return None
-    try:
-        return kind(value)
-    except ValueError as exc:
-        choices = ", ".join(member.value for member in kind)
-        raise InvalidRequest(f"{name} must be one of {choices}, not {value!r}") from exc
-
-
 def _event_url(key: str) -> str:
     return f"{CONSOLE_PATH}/events/{quote(key, safe=':')}"
 
 
 def _see_other(url: str) -> Redirect:
     return Redirect(url, status_code=HTTP_303_SEE_OTHER)
-
-
-async def _provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[DeadLetterService]:
-    resources: ApiResources = request.app.state.resources
-    async with DeadLetterService(
-        resources.mongo_db,
-        resources.redis,
-        resources.settings.queue_name,
-        enqueuer=resources.enqueuer,
-    ) as service:
-        yield service
 
 
 def _provide_lookup(request: Request[Any, Any, Any]) -> Lookup:
@@ -254,33 +236,19 @@ async def replay_preview(request: Request[Any, Any, Any], service: Service) -> T
     if not form.until:
         # Pin the confirmed replay to what this preview saw: nothing dead-lettered later.
         form = msgspec.structs.replace(form, until=datetime.now(UTC).isoformat())
-    summary, results = await _replay_matching(service, form, dry_run=True)
-    return Template(
-        "replay.html",
-        context={
-            "f": form,
-            "summary": summary,
-            "results": results,
-            "dry_run": True,
-            "limit": REPLAY_LIMIT,
-        },
-    )
+    return await _replay_page(service, form, dry_run=True)
 
 
 @post("/dead-letters/replay")
 async def replay_confirmed(data: Form, service: Service) -> Template:
     form = FilterForm.from_mapping(data)
-    summary, results = await _replay_matching(service, form, dry_run=False)
-    return Template(
-        "replay.html",
-        context={
-            "f": form,
-            "summary": summary,
-            "results": results,
-            "dry_run": False,
-            "limit": REPLAY_LIMIT,
-        },
-    )
+    return await _replay_page(service, form, dry_run=False)
+
+
+async def _replay_page(service: DeadLetterService, form: FilterForm, *, dry_run: bool) -> Template:
+    summary, results = await _replay_matching(service, form, dry_run=dry_run)
+    context = {"f": form, "summary": summary, "results": results, "dry_run": dry_run}
+    return Template("replay.html", context={**context, "limit": REPLAY_LIMIT})
 
 
 async def _replay_matching(
@@ -375,7 +343,7 @@ def console_router(settings: Settings) -> Router:
         route_handlers=[login_page, login, pages],
         middleware=[csrf_middleware(settings)],
         dependencies={
-            "service": Provide(_provide_service),
+            "service": Provide(provide_service),
             "reads": Provide(_provide_lookup, sync_to_thread=False),
         },
         exception_handlers={
@@ -385,3 +353,18 @@ def console_router(settings: Settings) -> Router:
         },
         include_in_schema=False,
     )
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """Jinja2 (autoescaping) over the console's own templates."""
+    return TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine)
+
+
+def console_routers(settings: Settings) -> list[Router]:
+    """The console's pages and its static files (CSS, JS)."""
+    return [
+        console_router(settings),
+        create_static_files_router(
+            path="/console/static", directories=[STATIC_DIR], include_in_schema=False
+        ),
+    ]
