@@ -92,7 +92,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         env={
             "GATEWAY_ADMIN_TOKEN": TOKEN,
             "GATEWAY_SOURCES": json.dumps({"acme": {"secrets": list(TEST_SECRETS)}}),
-            "GATEWAY_MAX_ATTEMPTS": "4",
+            "GATEWAY_MAX_ATTEMPTS": "30",
             "GATEWAY_BACKOFF_BASE_S": "0.3",
             "GATEWAY_BACKOFF_MULTIPLIER": "1",
             "GATEWAY_BACKOFF_CAP_S": "0.3",

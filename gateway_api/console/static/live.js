@@ -39,7 +39,9 @@
 
   if (!window.EventSource) { poll(true); return; }
   var source = new EventSource("/console/stream?key=" + encodeURIComponent(scope));
-  source.addEventListener("open", function () { poll(false); say("live"); });
+  // A change made between the page's render and the stream's start would be
+  // missed: catch up once each time the stream (re)opens.
+  source.addEventListener("open", function () { poll(false); say("live"); refresh(); });
   source.addEventListener("error", function () { poll(true); });
   source.addEventListener("resync", refresh);
   source.addEventListener("status", function (message) {
