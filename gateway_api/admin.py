@@ -12,6 +12,9 @@ Routes (all answer JSON; errors are problem+json):
   or a no-op (``already_succeeded``, ``already_replayed``, ``in_flight``);
 * ``POST /v1/admin/dead-letters/{idempotency_key}/discard`` — body
   ``{"reason", "by"}``; a missing or blank reason is 400;
+* ``GET  /v1/admin/stream`` — ``text/event-stream``: one ``status`` event per
+  worker status change, ``data`` JSON with ``idempotency_key``, ``source``,
+  ``status`` (:class:`shared.live.StatusChange`); optional ``source`` filter;
 * ``POST /v1/admin/dead-letters/replay`` — body: the list filters (``status``
   only ``pending``) plus ``dry_run``, ``limit`` (1..500, default 100),
   ``rate_per_s``, ``by`` → ``{summary, results}``.
@@ -44,9 +47,11 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from msgspec import Meta, Struct
 
+from gateway_api.console.live import StatusRelay, event_stream
 from gateway_api.problems import ProblemError
 from gateway_api.resources import ApiResources
 from shared.contracts import ProblemCode
@@ -68,6 +73,7 @@ from shared.dlq import (
     ReplaySummary,
     parse_time,
 )
+from shared.live import StatusChange
 
 __all__ = [
     "ADMIN_PATH",
@@ -77,6 +83,8 @@ __all__ = [
     "DiscardRequest",
     "ReplayRequest",
     "admin_router",
+    "parse_choice",
+    "provide_service",
     "require_admin_token",
 ]
 
@@ -147,7 +155,8 @@ def require_admin_token(
         )
 
 
-async def _provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[DeadLetterService]:
+async def provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[DeadLetterService]:
+    """The dead-letter service of one request (the console's too)."""
     # Over the app's own clients, opened once in the lifespan: its MongoDB client,
     # its Redis pool and the enqueuer the ingest route uses.
     resources: ApiResources = request.app.state.resources
@@ -160,9 +169,10 @@ async def _provide_service(request: Request[Any, Any, Any]) -> AsyncIterator[Dea
         yield service
 
 
-def _enum[E: (DeadLetterReason, DeadLetterStatus)](
+def parse_choice[E: (DeadLetterReason, DeadLetterStatus)](
     kind: type[E], value: str | None, name: str
 ) -> E | None:
+    """``value`` as a member of ``kind`` (blank → ``None``), else :class:`InvalidRequest`."""
     if value is None or value == "":
         return None
     try:
@@ -237,8 +247,8 @@ async def list_dead_letters(
     selection = _selection(
         source,
         code,
-        _enum(DeadLetterReason, reason, "reason"),
-        _enum(DeadLetterStatus, status, "status"),
+        parse_choice(DeadLetterReason, reason, "reason"),
+        parse_choice(DeadLetterStatus, status, "status"),
         since,
         until,
     )
@@ -294,6 +304,26 @@ async def discard_one(
     return await service.discard(idempotency_key, by=body.by, reason=body.reason)
 
 
+@get("/stream", summary="Live status changes (Server-Sent Events)", media_type="text/event-stream")
+async def status_stream(
+    request: Request[Any, Any, Any],
+    source: Annotated[str | None, QueryParameter(description="only this courier")] = None,
+) -> Stream:
+    """Each worker status change as it happens (docs/contract.md §3.5)."""
+    relay: StatusRelay | None = request.app.state.status_relay
+    if relay is None:
+        raise NotFoundException
+
+    def accept(change: StatusChange) -> bool:
+        return not source or change.source == source
+
+    return Stream(
+        event_stream(relay, accept),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def admin_router() -> Router:
     """The ``/v1/admin`` router, guarded by :func:`require_admin_token`."""
     return Router(
@@ -305,8 +335,9 @@ def admin_router() -> Router:
             replay_matching,
             replay_one,
             discard_one,
+            status_stream,
         ],
         guards=[require_admin_token],
-        dependencies={"service": Provide(_provide_service)},
+        dependencies={"service": Provide(provide_service)},
         tags=["admin"],
     )

@@ -37,7 +37,7 @@ import enum
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
@@ -53,6 +53,7 @@ from gateway_worker.downstream import Deliverer
 from gateway_worker.errors import ErrorCode, PermanentError, TransientError
 from gateway_worker.metrics import WorkerMetrics
 from shared.contracts import CourierEvent, QueuedEvent
+from shared.live import StatusChange, channel, encode_change
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
 from shared.storage.errors import StorageError, StoreRejected
@@ -132,7 +133,10 @@ class EventProcessor:
         downstream: Deliverer | None,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
+        publish: Callable[[str, bytes], Awaitable[object]] | None = None,
     ) -> None:
+        self._publish = publish
+        self._channel = channel(settings.queue_name)
         self._events = ProcessedEvents(db)
         self._shipments = Shipments(db)
         self._dead_letters = DeadLetters(db)
@@ -208,6 +212,7 @@ class EventProcessor:
             now=now,
             lease_s=self._settings.lease_s,
             replay=queued.replay is not None,
+            body=queued.body,
         )
         match claim:
             case AlreadyDone(status=status):
@@ -218,6 +223,7 @@ class EventProcessor:
                 return _Deferral(remaining + jitter, owner)
             case Claimed():
                 run.claimed = claim
+                await self._announce(run, EventStatus.PROCESSING, claim.attempts)
 
         # Raises msgspec's errors for a body that no longer decodes: permanent.
         event = run.event = queued.decode()
@@ -235,12 +241,34 @@ class EventProcessor:
             )
         if self._downstream is not None:
             await self._downstream.deliver(queued, decision.status)
-        if not await self._events.mark_succeeded(run.key, token=run.token, now=self._clock()):
+        if not await self._events.mark_succeeded(
+            run.key, token=run.token, now=self._clock(), duration_ms=run.duration_ms
+        ):
             log.warning("job.lease_lost", step="mark_succeeded")
+        await self._announce(run, EventStatus.SUCCEEDED, run.claimed.attempts)
         if queued.replay is not None:
             await self._record_replay(run, ReplayOutcome.SUCCEEDED, key_succeeded=True)
         self._succeeded(run, decision)
         return JobResult.SUCCEEDED
+
+    async def _announce(
+        self, run: _Run, status: EventStatus, attempt: int, code: str | None = None
+    ) -> None:
+        """One Redis PUBLISH per status change (docs/contract.md §3.5); best effort."""
+        if self._publish is None:
+            return
+        change = StatusChange(
+            idempotency_key=run.key,
+            source=run.queued.source,
+            status=status.value,
+            attempt=attempt,
+            code=code,
+            at_ms=int(time.time() * 1000),
+        )
+        try:
+            await self._publish(self._channel, encode_change(change))
+        except Exception as exc:  # noqa: BLE001 - a lost notice only delays a page's poll
+            log.warning("job.publish_failed", error=repr(exc))
 
     def _succeeded(self, run: _Run, decision: Decision) -> None:
         self._metrics.jobs.labels(outcome="succeeded").inc()
@@ -288,6 +316,7 @@ class EventProcessor:
             self._retry_uncounted(run, classification, store_exc, reason="store_unavailable")
         if not recorded:
             log.warning("job.lease_lost", step="record_failure")
+        await self._announce(run, EventStatus.RETRYING, attempt, classification.code.value)
         self._metrics.jobs.labels(outcome="retried").inc()
         self._metrics.retries.labels(code=classification.code.value).inc()
         log.warning(
@@ -356,6 +385,9 @@ class EventProcessor:
             run.key, token=run.token, attempt=record, now=now
         ):
             log.warning("job.lease_lost", step="mark_dead_lettered")
+        await self._announce(
+            run, EventStatus.DEAD_LETTERED, record.attempt, classification.code.value
+        )
         if queued.replay is not None:
             await self._record_replay(run, ReplayOutcome.DEAD_LETTERED, key_succeeded=False)
         self._metrics.jobs.labels(outcome="dead_lettered").inc()

@@ -184,6 +184,7 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
         worker_id=worker_id,
         metrics=metrics,
         downstream=downstream,
+        publish=redis.publish,
     )
     log.info(
         "worker.started",

@@ -80,12 +80,14 @@ from shared.storage.events import (
     ProcessedEvent,
     ProcessedEvents,
 )
-from shared.storage.mongo import Document
+from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, SHIPMENTS, Document
+from shared.storage.shipments import Shipments
 
 __all__ = [
     "DEFAULT_PAGE_LIMIT",
     "ENQUEUE_GRACE_S",
     "MAX_PAGE_LIMIT",
+    "SEARCH_LIMIT",
     "AttemptView",
     "DeadLetterDetail",
     "DeadLetterError",
@@ -101,8 +103,10 @@ __all__ = [
     "EventNotFound",
     "EventRecord",
     "InvalidRequest",
+    "Lookup",
     "NotDiscardable",
     "NotReplayable",
+    "Overview",
     "Pacer",
     "Page",
     "ReplayAction",
@@ -110,6 +114,9 @@ __all__ = [
     "ReplayFailure",
     "ReplayResult",
     "ReplaySummary",
+    "SearchHit",
+    "SourceCounts",
+    "Timeline",
     "decode_cursor",
     "encode_cursor",
     "parse_rate",
@@ -902,3 +909,248 @@ def _event_record(record: ProcessedEvent, letter: DeadLetterDocument | None) -> 
         lease_until=record.lease_until,
         dead_letter_status=None if letter is None else letter.status,
     )
+
+
+# ── the console's reads (docs/contract.md §3.5) ──────────────────────────────
+
+
+class SearchHit(Struct, frozen=True, kw_only=True):
+    """One answer of :meth:`Lookup.search`: what matched, and the page it leads to."""
+
+    kind: str
+    """``event`` or ``shipment``."""
+    matched: str
+    """The field that matched: ``idempotency_key``, ``event_id``, ``shipment_id`` or
+    ``tracking_number``."""
+    idempotency_key: str | None = None
+    source: str | None = None
+    shipment_id: str | None = None
+    status: str | None = None
+
+
+class Timeline(Struct, frozen=True, kw_only=True):
+    """Everything the console shows about one key."""
+
+    record: EventRecord
+    success_duration_ms: int | None
+    body: str | None
+    """The courier's body as received (UTF-8 text; ``None`` if not kept)."""
+    shipment_id: str | None
+    dead_letter: DeadLetterDetail | None
+
+
+class SourceCounts(Struct, kw_only=True):
+    """One source's keys touched since the overview's start."""
+
+    source: str
+    accepted: int = 0
+    """Keys first seen in the window (a duplicate never creates one)."""
+    succeeded: int = 0
+    retried: int = 0
+    """Keys with a failed attempt that was tried again."""
+    dead_lettered: int = 0
+    in_flight: int = 0
+
+
+class Overview(Struct, frozen=True, kw_only=True):
+    since: datetime
+    sources: list[SourceCounts]
+    pending_by_code: dict[str, int]
+    queue_depth: int
+
+
+SEARCH_LIMIT: Final = 50
+
+
+class Lookup:
+    """The console's reads over the same collections as :class:`DeadLetterService`.
+
+    Every query is served by an index of :mod:`shared.storage.indexes`.
+    """
+
+    def __init__(self, db: AsyncDatabase[Document], redis: ArqRedis, queue_name: str) -> None:
+        self._db = db
+        self._events = ProcessedEvents(db)
+        self._letters = DeadLetters(db)
+        self._redis = redis
+        self._queue_name = queue_name
+
+    async def search(self, text: str) -> list[SearchHit]:
+        """Keys and shipments whose idempotency key, event id, shipment id or tracking
+        number is exactly ``text``."""
+        text = text.strip()
+        if not text:
+            return []
+        text = _text(text, "q")
+        hits: list[SearchHit] = []
+        events = self._db[PROCESSED_EVENTS]
+        seen: set[str] = set()
+        async for doc in events.find(
+            {"$or": [{"_id": text}, {"event_id": text}]},
+            {"source": True, "event_id": True, "status": True},
+        ).limit(SEARCH_LIMIT):
+            seen.add(doc["_id"])
+            hits.append(
+                SearchHit(
+                    kind="event",
+                    matched="idempotency_key" if doc["_id"] == text else "event_id",
+                    idempotency_key=doc["_id"],
+                    source=doc.get("source"),
+                    status=doc.get("status"),
+                )
+            )
+        async for doc in (
+            self._db[SHIPMENTS]
+            .find(
+                {"$or": [{"shipment_id": text}, {"tracking_number": text}]},
+                {"source": True, "shipment_id": True, "tracking_number": True, "status": True},
+            )
+            .limit(SEARCH_LIMIT)
+        ):
+            hits.append(
+                SearchHit(
+                    kind="shipment",
+                    matched="shipment_id" if doc.get("shipment_id") == text else "tracking_number",
+                    source=doc.get("source"),
+                    shipment_id=doc.get("shipment_id"),
+                    status=doc.get("status"),
+                )
+            )
+        if text not in seen:
+            letter = await self._letters.get(text)
+            if letter is not None:
+                hits.append(
+                    SearchHit(
+                        kind="event",
+                        matched="idempotency_key",
+                        idempotency_key=letter.key,
+                        source=letter.source,
+                        status="dead_lettered",
+                    )
+                )
+        return hits
+
+    async def timeline(self, key: str) -> Timeline:
+        """The key's record, attempts, body and dead letter (raises :class:`EventNotFound`)."""
+        record = await self._events.get(key)
+        letter = await self._letters.get(key)
+        if record is None and letter is None:
+            if not await self._queued(key):
+                raise EventNotFound(key)
+            return Timeline(
+                record=EventRecord(
+                    idempotency_key=key,
+                    status="queued",
+                    attempts=0,
+                    last_error=None,
+                    attempt_log=[],
+                    first_seen_at=None,
+                    updated_at=None,
+                    completed_at=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    dead_letter_status=None,
+                ),
+                success_duration_ms=None,
+                body=None,
+                shipment_id=None,
+                dead_letter=None,
+            )
+        detail = None if letter is None else _detail(letter, None)
+        body = record.body if record is not None and record.body is not None else None
+        if body is None and letter is not None:
+            body = letter.body
+        shipment_id = None if letter is None else letter.shipment_id
+        if shipment_id is None and body is not None:
+            try:
+                shipment_id = decode_event(body).shipment.id
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                shipment_id = None
+        if record is None:
+            assert letter is not None
+            view = EventRecord(
+                idempotency_key=key,
+                status="dead_lettered",
+                attempts=len(letter.attempts),
+                last_error=_error(letter.error),
+                attempt_log=_attempts(letter.attempts),
+                first_seen_at=letter.created_at,
+                updated_at=letter.updated_at,
+                completed_at=letter.dead_lettered_at,
+                lease_owner=None,
+                lease_until=None,
+                dead_letter_status=letter.status,
+            )
+        else:
+            view = _event_record(record, letter)
+        return Timeline(
+            record=view,
+            success_duration_ms=None if record is None else record.success_duration_ms,
+            body=None if body is None else body.decode(errors="replace"),
+            shipment_id=shipment_id,
+            dead_letter=detail,
+        )
+
+    async def _queued(self, key: str) -> bool:
+        """Accepted and waiting for a worker: its arq job exists (job id = key)."""
+        try:
+            return bool(await self._redis.exists(job_key_prefix + key))
+        except RedisError:
+            return False
+
+    async def shipment(self, source: str, shipment_id: str) -> Document | None:
+        """The ``active_shipments`` document (status and history), or ``None``."""
+        return await Shipments(self._db).get(source, shipment_id)
+
+    async def overview(self, *, since: datetime) -> Overview:
+        """Per source since ``since``; pending dead letters by code; queue depth."""
+        statuses = [status.value for status in EventStatus]
+        _retry_floor = {"$cond": [{"$eq": ["$status", EventStatus.DEAD_LETTERED.value]}, 1, 0]}
+        counts: dict[str, SourceCounts] = {}
+        # Served by processed_events' (status, updated_at) index.
+        pipeline: list[Document] = [
+            {"$match": {"status": {"$in": statuses}, "updated_at": {"$gte": since}}},
+            {
+                "$group": {
+                    "_id": {"source": "$source", "status": "$status"},
+                    "keys": {"$sum": 1},
+                    # Retried: a failed attempt that was followed by another one (a
+                    # dead-lettered key's last failed attempt was not retried).
+                    "retried": {"$sum": {"$cond": [{"$gt": ["$attempts", _retry_floor]}, 1, 0]}},
+                    "new": {"$sum": {"$cond": [{"$gte": ["$first_seen_at", since]}, 1, 0]}},
+                }
+            },
+        ]
+        cursor = await self._db[PROCESSED_EVENTS].aggregate(pipeline)
+        async for row in cursor:
+            source = str(row["_id"].get("source") or "?")
+            entry = counts.setdefault(source, SourceCounts(source=source))
+            entry.accepted += int(row["new"])
+            entry.retried += int(row["retried"])
+            match row["_id"].get("status"):
+                case EventStatus.SUCCEEDED:
+                    entry.succeeded += int(row["keys"])
+                case EventStatus.DEAD_LETTERED:
+                    entry.dead_lettered += int(row["keys"])
+                case _:
+                    entry.in_flight += int(row["keys"])
+        by_code: dict[str, int] = {}
+        # Covered by dead_letter_events' (status, error.code) index.
+        letters = await self._db[DEAD_LETTER_EVENTS].aggregate(
+            [
+                {"$match": {"status": DeadLetterStatus.PENDING.value}},
+                {"$group": {"_id": "$error.code", "n": {"$sum": 1}}},
+            ]
+        )
+        async for row in letters:
+            by_code[str(row["_id"])] = int(row["n"])
+        try:
+            depth = int(await self._redis.zcard(self._queue_name))
+        except RedisError:
+            depth = -1
+        return Overview(
+            since=since,
+            sources=sorted(counts.values(), key=lambda entry: entry.source),
+            pending_by_code=dict(sorted(by_code.items(), key=lambda item: -item[1])),
+            queue_depth=depth,
+        )

@@ -134,6 +134,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Interface the API binds."""
     port: Port = 8000
     """Port the API binds."""
+    admin_port: Port | None = None
+    """Second, internal listener for ``/console`` and ``/v1/admin``; unset, they share ``port``."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     worker_id: str | None = None

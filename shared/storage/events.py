@@ -34,6 +34,7 @@ from shared.storage.errors import StoreRejected
 from shared.storage.mongo import PROCESSED_EVENTS, Document, translate_errors
 
 __all__ = [
+    "ATTEMPT_LOG_LIMIT",
     "AlreadyDone",
     "AttemptRecord",
     "Claim",
@@ -45,6 +46,8 @@ __all__ = [
     "ProcessedEvents",
 ]
 
+ATTEMPT_LOG_LIMIT: Final = 20
+"""Newest failed attempts kept in ``attempt_log`` (the count in ``attempts`` is exact)."""
 _LEASE_FIELDS: Final = {"lease_until": "", "lease_job_id": "", "lease_owner": "", "lease_token": ""}
 
 
@@ -111,6 +114,8 @@ class ProcessedEvent(Struct, frozen=True, kw_only=True, rename={"key": "_id"}):
     first_seen_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    success_duration_ms: int | None = None
+    body: bytes | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
     lease_job_id: str | None = None
@@ -157,6 +162,7 @@ class ProcessedEvents:
         now: datetime,
         lease_s: float,
         replay: bool = False,
+        body: bytes | None = None,
     ) -> Claim:
         """Take the key's lease, or report why not.
 
@@ -182,6 +188,7 @@ class ProcessedEvents:
             token=token,
             now=now,
             lease_until=now + timedelta(seconds=lease_s),
+            body=body,
         )
         # The slow path runs at most twice: a lease that expired or a key that
         # became `retrying` between the failed upsert and the read is claimed again.
@@ -224,13 +231,17 @@ class ProcessedEvents:
         # winning the key; back off for a moment as if it were leased.
         return Leased(lease_until=now + timedelta(seconds=1), owner=None)
 
-    async def mark_succeeded(self, key: str, *, token: str, now: datetime) -> bool:
-        """End this run's lease with ``succeeded``; ``False`` if the lease was lost."""
-        return await self._end_run(
-            "mark_succeeded",
-            {"_id": key, "lease_token": token},
-            {"status": EventStatus.SUCCEEDED, "completed_at": now, "updated_at": now},
-        )
+    async def mark_succeeded(
+        self, key: str, *, token: str, now: datetime, duration_ms: int | None = None
+    ) -> bool:
+        """End this run's lease with ``succeeded``; ``False`` if the lease was lost.
+
+        ``duration_ms`` (the successful run's) is kept for the console's timeline.
+        """
+        fields: Document = {"status": EventStatus.SUCCEEDED, "completed_at": now, "updated_at": now}
+        if duration_ms is not None:
+            fields["success_duration_ms"] = duration_ms
+        return await self._end_run("mark_succeeded", {"_id": key, "lease_token": token}, fields)
 
     async def record_failure(
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
@@ -274,7 +285,10 @@ class ProcessedEvents:
         if attempt is not None:
             fields["attempts"] = attempt.attempt
             fields["last_error"] = {"code": attempt.code, "message": attempt.message}
-            update["$push"] = {"attempt_log": attempt.to_document()}
+            # Bounded in the same update: a key retried for weeks keeps a small document.
+            update["$push"] = {
+                "attempt_log": {"$each": [attempt.to_document()], "$slice": -ATTEMPT_LOG_LIMIT}
+            }
         with translate_errors(operation):
             result = await self._collection.update_one(match, update)
         return result.matched_count == 1
@@ -340,6 +354,7 @@ def _claim_pipeline(
     token: str,
     now: datetime,
     lease_until: datetime,
+    body: bytes | None = None,
 ) -> list[Document]:
     # An update pipeline (not operators) so that a replay's claim of a
     # dead-lettered key can restart the attempt count in the same round trip.
@@ -355,6 +370,9 @@ def _claim_pipeline(
             ]
         },
         "attempt_log": {"$ifNull": ["$attempt_log", []]},
+        # The courier's body byte-exact (BSON binary) for the console's timeline, set
+        # by the first claim in the write that happens anyway.
+        **({} if body is None else {"body": {"$ifNull": ["$body", _literal(body)]}}),
         "status": _literal(EventStatus.PROCESSING),
         "lease_until": lease_until,
         "lease_job_id": _literal(job_id),

@@ -37,6 +37,7 @@ from shared.storage.errors import IndexSetupError
 from shared.storage.mongo import (
     DEAD_LETTER_EVENTS,
     PROCESSED_EVENTS,
+    SHIPMENTS,
     Document,
     translate_errors,
 )
@@ -104,6 +105,29 @@ def index_specs(dedupe_ttl_s: int) -> list[IndexSpec]:
             collection=PROCESSED_EVENTS,
             name="status_updated_at",
             keys=(("status", ASCENDING), ("updated_at", DESCENDING)),
+        ),
+        # The console's search (docs/contract.md §3.5): by event id, shipment id, tracking number.
+        IndexSpec(
+            collection=PROCESSED_EVENTS,
+            name="event_id",
+            keys=(("event_id", ASCENDING),),
+        ),
+        IndexSpec(
+            collection=SHIPMENTS,
+            name="shipment_id",
+            keys=(("shipment_id", ASCENDING),),
+        ),
+        IndexSpec(
+            collection=SHIPMENTS,
+            name="tracking_number",
+            keys=(("tracking_number", ASCENDING),),
+        ),
+        # The console's overview groups pending dead letters by code (covered by the
+        # prefix) and its list is mostly "pending with this code".
+        IndexSpec(
+            collection=DEAD_LETTER_EVENTS,
+            name="status_error_code_dead_lettered_at",
+            keys=(("status", ASCENDING), ("error.code", ASCENDING), *by_time),
         ),
         IndexSpec(
             collection=DEAD_LETTER_EVENTS,

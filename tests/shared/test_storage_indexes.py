@@ -67,6 +67,7 @@ def test_every_dead_letter_listing_index_ends_in_the_sort_keys() -> None:
         (("source", 1),),
         (("error.code", 1),),
         (("reason", 1),),
+        (("status", 1), ("error.code", 1)),
     }
     assert all(spec.keys[-2:] == sort for spec in listing)
 
