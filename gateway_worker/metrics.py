@@ -60,6 +60,12 @@ class WorkerMetrics:
             ["source", "stage"],
             registry=self.registry,
         )
+        self.unmapped_statuses = Counter(
+            "gateway_worker_unmapped_statuses",
+            "Carrier tracking updates whose status is outside the source's vocabulary.",
+            ["source", "adapter"],
+            registry=self.registry,
+        )
         for outcome in JOB_OUTCOMES:
             self.jobs.labels(outcome=outcome)
 

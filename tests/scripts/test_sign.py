@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from standardwebhooks import Webhook
 
 from scripts.commands.cli import main
-from shared.settings import SourceConfig
+from shared.adapters.config import StandardConfig
 from shared.signing import generate_secret, sign_hex, verify_hex, verify_standard
 
 BODY = b'{"event_id":"evt_1","event_type":"shipment.created"}'
@@ -39,7 +39,7 @@ def test_headers_verify_with_the_reference_library(body_file: Path) -> None:
     )
     headers = json.loads(output)["headers"]
     Webhook(secret).verify(BODY, headers, json_parse=False)
-    keys = SourceConfig(secrets=(secret,)).hmac_keys()
+    keys = StandardConfig(secrets=(secret,)).hmac_keys()
     verify_standard(keys, headers, BODY, now=time.time(), tolerance_s=300)
 
 
