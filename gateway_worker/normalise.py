@@ -26,7 +26,7 @@ from shared.adapters.registry import build_adapter
 from shared.contracts import CANONICAL_ADAPTERS, CourierEvent, EventType, QueuedEvent, Shipment
 from shared.settings import Settings
 
-__all__ = ["Normaliser", "canonical_job"]
+__all__ = ["Normaliser", "canonical_job", "carrier_event"]
 
 
 class Normaliser:
@@ -69,12 +69,11 @@ class Normaliser:
                 )
             case TrackingUpdate(event_type=event_type):
                 assert event_type is not None
-                return _carrier_event(queued, normalised, event_type)
+                return carrier_event(queued.body, normalised, event_type)
 
 
-def _carrier_event(
-    queued: QueuedEvent, update: TrackingUpdate, event_type: EventType
-) -> CourierEvent:
+def carrier_event(body: bytes, update: TrackingUpdate, event_type: EventType) -> CourierEvent:
+    """The canonical event of a carrier's tracking update whose status maps to ``event_type``."""
     return CourierEvent(
         event_id=update.event_id,
         event_type=event_type,
@@ -84,7 +83,7 @@ def _carrier_event(
             order_id=update.order_id or "",
             tracking_number=update.tracking_number,
         ),
-        data=msgspec.Raw(queued.body),
+        data=msgspec.Raw(body),
     )
 
 
