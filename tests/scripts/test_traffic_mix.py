@@ -47,6 +47,7 @@ def test_every_generated_request_normalises_to_what_the_generator_recorded(name:
         planned = planner.next()
         rendered = render(planned, config.kind)
         result = adapter.normalise(rendered.body)
+        event_type: EventType | None
         if isinstance(result, Canonical):
             event_id, shipment, event_type = (
                 result.event.event_id,
