@@ -55,7 +55,7 @@ from gateway_worker.classify import Classification, classify
 from gateway_worker.downstream import Deliverer
 from gateway_worker.errors import ErrorCode, PermanentError, TransientError
 from gateway_worker.metrics import WorkerMetrics
-from gateway_worker.normalise import Normaliser, canonical_job
+from gateway_worker.normalise import Normaliser
 from shared.contracts import CourierEvent, QueuedEvent
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
@@ -240,7 +240,7 @@ class EventProcessor:
                 "shipment.order_id differs from the order the shipment belongs to",
             )
         if self._downstream is not None:
-            await self._downstream.deliver(canonical_job(queued, event), decision.status)
+            await self._downstream.deliver(queued, decision.status, event)
         if not await self._events.mark_succeeded(run.key, token=run.token, now=self._clock()):
             log.warning("job.lease_lost", step="mark_succeeded")
         if queued.replay is not None:

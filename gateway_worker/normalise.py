@@ -26,7 +26,7 @@ from shared.adapters.registry import build_adapter
 from shared.contracts import CANONICAL_ADAPTERS, CourierEvent, EventType, QueuedEvent, Shipment
 from shared.settings import Settings
 
-__all__ = ["Normaliser", "canonical_job", "carrier_event"]
+__all__ = ["Normaliser", "carrier_event"]
 
 
 class Normaliser:
@@ -85,10 +85,3 @@ def carrier_event(body: bytes, update: TrackingUpdate, event_type: EventType) ->
         ),
         data=msgspec.Raw(body),
     )
-
-
-def canonical_job(queued: QueuedEvent, event: CourierEvent) -> QueuedEvent:
-    """``queued`` with its body replaced by ``event`` in canonical JSON (for delivery)."""
-    if queued.adapter in CANONICAL_ADAPTERS:
-        return queued
-    return msgspec.structs.replace(queued, body=msgspec.json.encode(event), adapter="standard")
