@@ -1,7 +1,8 @@
 """``POST /v1/events/{source}``: verify, validate, enqueue (SPEC §3.1).
 
 Checks run in the order the contract fixes, and the first failure answers:
-body size → content type → source → signature → JSON → schema. The body is
+body size → content type → source → signature → JSON → schema, the last two
+by the source's adapter (docs/contract.md §3.4). The body is
 read first, straight from the ASGI ``receive`` channel and bounded by
 ``GATEWAY_MAX_BODY_BYTES``: a ``Content-Length`` over the limit is refused
 before anything is read, and a streamed (chunked) body is refused as soon as
@@ -21,11 +22,13 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import structlog
 from litestar import Request, post
+from msgspec import Struct
 
 from gateway_api.context import request_id_of
 from gateway_api.openapi import INGEST_RESPONSES, IngestOperation
 from gateway_api.problems import ProblemError
 from gateway_api.resources import INGEST_PATH, ApiResources
+from shared.adapters.base import Adapter, Canonical, Ignored, PayloadError, TrackingUpdate
 from shared.contracts import (
     Accepted,
     FieldError,
@@ -40,7 +43,7 @@ from shared.contracts import (
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
 
-__all__ = ["JsonAnswer", "ingest_event", "read_body", "validation_errors"]
+__all__ = ["IgnoredAnswer", "JsonAnswer", "ingest_event", "read_body", "validation_errors"]
 
 log = structlog.get_logger("gateway_api")
 
@@ -53,27 +56,17 @@ _MISSING_FIELD: Final = re.compile(r"^Object missing required field `(?P<field>.
 _NOT_DECODED: Final[Any] = object()
 
 
-_USED_HEADERS: Final = frozenset(
-    {
-        b"content-length",
-        b"content-type",
-        b"webhook-id",
-        b"webhook-timestamp",
-        b"webhook-signature",
-        b"x-signature",
-    }
-)
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    """The headers this route reads, by lower-case name, first occurrence winning.
+def _headers(scope: Scope, wanted: frozenset[bytes]) -> dict[str, str]:
+    """The headers this route reads (``wanted``), by lower-case name, first occurrence winning.
 
     Built directly from the ASGI scope: ``request.headers`` decodes every header
     and costs several microseconds per request in ``isinstance`` checks.
+    ``wanted`` holds the size and type headers and every configured adapter's
+    signature headers (:attr:`ApiResources.read_headers`).
     """
     headers: dict[str, str] = {}
     for name, value in scope["headers"]:
-        if name in _USED_HEADERS:
+        if name in wanted:
             headers.setdefault(name.decode(), value.decode("latin-1"))
     return headers
 
@@ -114,6 +107,14 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
         chunks.append(chunk)
 
 
+class IgnoredAnswer(Struct, frozen=True):
+    """Body of the 200 answer to a verified notification that is not a tracking update."""
+
+    status: str
+    reason: str
+    request_id: str
+
+
 class JsonAnswer:
     """A minimal ASGI response for the ingest route's 202 and 200 answers.
 
@@ -124,7 +125,7 @@ class JsonAnswer:
 
     __slots__ = ("body", "status")
 
-    def __init__(self, answer: Accepted, status: int) -> None:
+    def __init__(self, answer: Accepted | IgnoredAnswer, status: int) -> None:
         self.body = _encoder.encode(answer)
         self.status = status
 
@@ -214,8 +215,8 @@ async def ingest_event(request: Request[Any, Any, Any]) -> JsonAnswer:
     window, otherwise an `application/problem+json` answer with a stable `code`.
     """
     scope = request.scope
-    headers = _headers(scope)
     resources: ApiResources = scope["litestar_app"].state.resources
+    headers = _headers(scope, resources.read_headers)
     # 1. size
     body = await read_body(
         request.receive, headers.get("content-length"), resources.settings.max_body_bytes
@@ -229,27 +230,36 @@ async def ingest_event(request: Request[Any, Any, Any]) -> JsonAnswer:
     # The path parameter is read from the scope: a `source: str` argument costs a
     # signature-model conversion per request.
     source: str = scope["path_params"]["source"]
-    verifier = resources.verifiers.get(source)
-    if verifier is None:
+    adapter = resources.adapters.get(source)
+    if adapter is None:
         raise ProblemError(ProblemCode.UNKNOWN_SOURCE, "no such source is configured")
     # 4. signature, over the raw bytes
-    verifier.verify(headers, body, time.time())
-    # 5. JSON and 6. schema
-    try:
-        event = decode_event(body)
-    except msgspec.DecodeError as exc:
-        raise _invalid_body(body, exc) from exc
-
-    key = idempotency_key(source, event.event_id)
+    now = time.time()
+    adapter.verify(body, headers, now=now)
     request_id = request_id_of(scope)
-    # The body travels byte-exact (docs/contract.md §4.4); the worker decodes it again.
+    # 5. JSON and 6. schema
+    if source in resources.canonical:
+        # The canonical body, decoded directly (the fast path; 422 lists every field).
+        try:
+            event_id = decode_event(body).event_id
+        except msgspec.DecodeError as exc:
+            raise _invalid_body(body, exc) from exc
+    else:
+        event_id, ignored = _carrier_event_id(resources, source, adapter, body, request_id)
+        if ignored is not None:
+            return JsonAnswer(IgnoredAnswer("ignored", ignored, request_id), 200)
+
+    key = idempotency_key(source, event_id)
+    # The body travels byte-exact (docs/contract.md §4.4); the worker decodes it
+    # again, and normalises a carrier's body with the configuration of the moment.
     job = QueuedEvent(
         idempotency_key=key,
         source=source,
-        event_id=event.event_id,
+        event_id=event_id,
         body=body,
         request_id=request_id,
-        received_at_ms=int(time.time() * 1000),
+        received_at_ms=int(now * 1000),
+        adapter=adapter.kind,
     )
     if await resources.enqueue(job):
         resources.metrics.accepted(source)
@@ -258,3 +268,27 @@ async def ingest_event(request: Request[Any, Any, Any]) -> JsonAnswer:
     resources.metrics.duplicate(source)
     log.info("event.duplicate", source=source, idempotency_key=key)
     return JsonAnswer(Accepted("duplicate", key, request_id), 200)
+
+
+def _carrier_event_id(
+    resources: ApiResources, source: str, adapter: Adapter, body: bytes, request_id: str
+) -> tuple[str, str | None]:
+    """A carrier body's event id (docs/contract.md §3.4), or why it is ignored.
+
+    A tracking update is queued whether or not its status is mapped: an
+    unmapped one is dead-lettered ``unmapped_status`` by the worker, where a
+    replay after a vocabulary change can apply it.
+    """
+    try:
+        normalised = adapter.normalise(body)
+    except PayloadError as exc:
+        raise ProblemError(exc.code, exc.detail, errors=list(exc.errors) or None) from exc
+    match normalised:
+        case Ignored(reason=reason):
+            resources.metrics.ignored(source)
+            log.info("event.ignored", source=source, reason=reason, request_id=request_id)
+            return "", reason
+        case TrackingUpdate(event_id=event_id):
+            return event_id, None
+        case Canonical(event=event):
+            return event.event_id, None

@@ -12,11 +12,11 @@ builds a tuple per call, which the ingest path should not pay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any, Final
 
 from litestar import Request, Response, get
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 __all__ = ["UNKNOWN_SOURCE_LABEL", "ApiMetrics", "metrics_endpoint"]
@@ -34,7 +34,8 @@ _ENQUEUE_BUCKETS_S: Final = (
 class ApiMetrics:
     """The API's metric families, registered on a registry of their own."""
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        """``sources``: each configured source id and the name of its adapter."""
         self.registry = registry = CollectorRegistry()
 
         def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
@@ -74,6 +75,17 @@ class ApiMetrics:
             "Ingest requests answered with a problem, by source and problem code.",
             ("source", "code"),
         )
+        self.source_adapter = Gauge(
+            "gateway_source_adapter_info",
+            "1 for each configured source, labelled with its adapter (join on source).",
+            ["source", "adapter"],
+            registry=registry,
+        )
+        self.events_ignored = counter(
+            "gateway_events_ignored",
+            "Verified carrier notifications that are not tracking updates (200 ignored).",
+            ("source", "adapter"),
+        )
         self.enqueue_duration = histogram(
             "gateway_enqueue_duration_seconds",
             "Time to get Redis's answer to one enqueue (including one retry).",
@@ -82,6 +94,9 @@ class ApiMetrics:
         )
         self._accepted = {s: self.events_accepted.labels(s) for s in sources}
         self._duplicate = {s: self.events_duplicate.labels(s, "api") for s in sources}
+        self._ignored = {s: self.events_ignored.labels(s, a) for s, a in sources.items()}
+        for source, adapter in sources.items():
+            self.source_adapter.labels(source, adapter).set(1)
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -106,6 +121,10 @@ class ApiMetrics:
     def duplicate(self, source: str) -> None:
         """Count an event of a configured source found already queued or finished."""
         self._duplicate[source].inc()
+
+    def ignored(self, source: str) -> None:
+        """Count a verified notification of a configured source that is not a tracking update."""
+        self._ignored[source].inc()
 
     def signature_failure(self, source: str, code: str) -> None:
         """Count a request refused by the source or signature check."""

@@ -1,4 +1,4 @@
-"""What one API app owns: settings, metrics, source verifiers and its clients.
+"""What one API app owns: settings, metrics, source adapters and its clients.
 
 One :class:`ApiResources` is built per app by :func:`gateway_api.app.create_app`
 and stored in ``app.state.resources``. The clients (the arq Redis pool with its
@@ -21,7 +21,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.exceptions import RedisError
 
 from gateway_api.metrics import UNKNOWN_SOURCE_LABEL, ApiMetrics
-from shared.contracts import QueuedEvent
+from shared.adapters.base import Adapter
+from shared.adapters.registry import build_adapter
+from shared.contracts import CANONICAL_ADAPTERS, QueuedEvent
 from shared.queue import (
     Enqueuer,
     QueueUnavailable,
@@ -31,19 +33,18 @@ from shared.queue import (
 )
 from shared.settings import (
     Settings,
-    SourceConfig,
+    SettingsError,
     check_settings,
     mongo_write_concern_w,
     redact_url,
     sentinel_addresses,
 )
-from shared.signing import verify_hex, verify_standard
 from shared.storage.mongo import Document, open_mongo
 
 if TYPE_CHECKING:
     from litestar.types import Scope
 
-__all__ = ["ENQUEUE_TIMEOUT_S", "INGEST_PATH", "INGEST_ROUTE", "ApiResources", "SourceVerifier"]
+__all__ = ["ENQUEUE_TIMEOUT_S", "INGEST_PATH", "INGEST_ROUTE", "ApiResources"]
 
 INGEST_PATH: Final = "/v1/events/{source:str}"
 """The ingest route as declared."""
@@ -55,31 +56,24 @@ READINESS_TIMEOUT_S: Final = 1.0
 """Longest one readiness check waits for its dependency."""
 
 
-class SourceVerifier:
-    """Checks a request's signature under one source's keys and scheme."""
-
-    __slots__ = ("_keys", "_tolerance_s", "scheme")
-
-    def __init__(self, config: SourceConfig, tolerance_s: int) -> None:
-        self.scheme = config.scheme
-        self._keys = config.hmac_keys()
-        self._tolerance_s = tolerance_s
-
-    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
-        """Return if the signature is valid; raise :class:`shared.signing.SignatureError` if not."""
-        if self.scheme == "hex":
-            verify_hex(self._keys, headers, body)
-        else:
-            verify_standard(self._keys, headers, body, now=now, tolerance_s=self._tolerance_s)
-
-
-def _verifiers(settings: Settings) -> dict[str, SourceVerifier]:
+def _adapters(settings: Settings) -> dict[str, Adapter]:
     # Settings built in code skip load_settings: run its cross-field checks here too.
     check_settings(settings)
-    return {
-        source_id: SourceVerifier(config, settings.signature_tolerance_s)
-        for source_id, config in settings.sources.items()
-    }
+    adapters: dict[str, Adapter] = {}
+    for source_id, config in settings.sources.items():
+        try:
+            adapters[source_id] = build_adapter(config, tolerance_s=settings.signature_tolerance_s)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_SOURCES: {source_id}: {exc}") from exc
+    return adapters
+
+
+def _read_headers(adapters: Mapping[str, Adapter]) -> frozenset[bytes]:
+    """Every header the ingest route reads: its own and each adapter's signature headers."""
+    names = {b"content-length", b"content-type"}
+    for adapter in adapters.values():
+        names.update(name.encode() for name in adapter.header_names)
+    return frozenset(names)
 
 
 class ApiResources:
@@ -87,8 +81,17 @@ class ApiResources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.verifiers = _verifiers(settings)
-        self.metrics = ApiMetrics(self.verifiers)
+        self.adapters = _adapters(settings)
+        """Each configured source's adapter (verify, normalise), prepared once."""
+        self.canonical = frozenset(
+            source
+            for source, adapter in self.adapters.items()
+            if adapter.kind in CANONICAL_ADAPTERS
+        )
+        """Sources whose bodies are canonical events (the direct ingest path)."""
+        self.read_headers = _read_headers(self.adapters)
+        """Lower-case names of the headers ingest keeps from a request."""
+        self.metrics = ApiMetrics({s: a.kind for s, a in self.adapters.items()})
         self._redis: ArqRedis | None = None
         self._enqueuer: Enqueuer | None = None
         self._mongo: AsyncMongoClient[Document] | None = None
@@ -190,4 +193,4 @@ class ApiResources:
     def source_label(self, scope: Scope) -> str:
         """The request's source as a bounded metric/log label: configured id or ``_unknown``."""
         source = scope.get("path_params", {}).get("source")
-        return source if source in self.verifiers else UNKNOWN_SOURCE_LABEL
+        return source if source in self.adapters else UNKNOWN_SOURCE_LABEL

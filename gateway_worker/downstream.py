@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Struct
 
 from gateway_worker.errors import DownstreamStatusError, DownstreamTimeout, DownstreamUnreachable
-from shared.contracts import Location, QueuedEvent, Shipment
+from shared.contracts import CourierEvent, Location, QueuedEvent, Shipment
 from shared.signing import signed_headers
 
 __all__ = ["Deliverer", "Downstream", "ShipmentUpdate", "parse_retry_after", "shipment_update"]
@@ -50,14 +50,18 @@ class ShipmentUpdate(Struct, frozen=True, kw_only=True):
 class Deliverer(Protocol):
     """Something that delivers one processed event downstream."""
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
-        """Deliver, or raise a :class:`gateway_worker.errors.DownstreamError`."""
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
+        """Deliver ``event`` (``queued``'s, normalised), or raise a ``DownstreamError``."""
         ...
 
 
-def shipment_update(queued: QueuedEvent, status: str) -> ShipmentUpdate:
-    """The body for ``queued`` when the shipment's status is now ``status``."""
-    event = queued.event
+def shipment_update(queued: QueuedEvent, status: str, event: CourierEvent) -> ShipmentUpdate:
+    """The body for ``queued`` (its canonical ``event``) when the shipment is now ``status``.
+
+    For a carrier's event (docs/contract.md §3.4) the shipment id is the tracking
+    number, ``order_id`` is empty when the carrier sent none, and ``data`` is the
+    carrier's body.
+    """
     return ShipmentUpdate(
         idempotency_key=queued.idempotency_key,
         source=queued.source,
@@ -92,9 +96,9 @@ class Downstream:
         self._timeout_s = timeout_s
         self._clock = clock
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         """POST the update; return on 2xx, raise a ``DownstreamError`` otherwise."""
-        body = _encoder.encode(shipment_update(queued, status))
+        body = _encoder.encode(shipment_update(queued, status, event))
         now = self._clock()
         headers = {
             "content-type": "application/json",

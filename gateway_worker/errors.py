@@ -3,7 +3,8 @@
 ::
 
     ProcessingError                  the event itself cannot be processed as is
-    ├── PermanentError(code)         invalid_transition, order_mismatch, undecodable_payload
+    ├── PermanentError(code)         invalid_transition, order_mismatch, undecodable_payload,
+    │                                unmapped_status
     └── TransientError(code)         job_timeout, ... (may succeed later)
 
     DownstreamError                  the downstream delivery failed (translated from httpx)
@@ -38,6 +39,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_TRANSITION = "invalid_transition"
     ORDER_MISMATCH = "order_mismatch"
     UNDECODABLE_PAYLOAD = "undecodable_payload"
+    UNMAPPED_STATUS = "unmapped_status"
     DOWNSTREAM_REJECTED = "downstream_rejected"
     DOWNSTREAM_UNAVAILABLE = "downstream_unavailable"
     DOWNSTREAM_TIMEOUT = "downstream_timeout"

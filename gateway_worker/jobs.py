@@ -3,8 +3,11 @@
 One run of a job:
 
 0. **decode** the job (a :class:`~shared.contracts.QueuedEvent`) and, once the
-   key is claimed, the courier's body it carries byte-exact; a body that does
-   not decode is a permanent ``undecodable_payload``;
+   key is claimed, the courier's body it carries byte-exact, a carrier's body
+   normalised by the source's adapter as configured now
+   (:mod:`gateway_worker.normalise`); a body that does not decode is a
+   permanent ``undecodable_payload``, a carrier status outside the vocabulary
+   a permanent ``unmapped_status``;
 1. **claim** the idempotency key in ``processed_events`` (a lease);
    already finished → ``duplicate``; leased by another live job → deferred
    (``arq.Retry`` for the rest of that lease, not an attempt);
@@ -52,6 +55,7 @@ from gateway_worker.classify import Classification, classify
 from gateway_worker.downstream import Deliverer
 from gateway_worker.errors import ErrorCode, PermanentError, TransientError
 from gateway_worker.metrics import WorkerMetrics
+from gateway_worker.normalise import Normaliser
 from shared.contracts import CourierEvent, QueuedEvent
 from shared.live import StatusChange, channel, encode_change
 from shared.settings import Settings
@@ -140,6 +144,7 @@ class EventProcessor:
         self._events = ProcessedEvents(db)
         self._shipments = Shipments(db)
         self._dead_letters = DeadLetters(db)
+        self._normaliser = Normaliser(settings, metrics)
         self._settings = settings
         self._worker_id = worker_id
         self._metrics = metrics
@@ -225,8 +230,9 @@ class EventProcessor:
                 run.claimed = claim
                 await self._announce(run, EventStatus.PROCESSING, claim.attempts)
 
-        # Raises msgspec's errors for a body that no longer decodes: permanent.
-        event = run.event = queued.decode()
+        # Raises msgspec's errors for a body that no longer decodes, and a
+        # carrier's unmapped status as unmapped_status: permanent.
+        event = run.event = self._normaliser.event_of(queued)
         decision = await self._shipments.apply_event(queued.source, event, now=self._clock())
         if decision.outcome is Outcome.INVALID_TRANSITION:
             raise PermanentError(
@@ -240,7 +246,7 @@ class EventProcessor:
                 "shipment.order_id differs from the order the shipment belongs to",
             )
         if self._downstream is not None:
-            await self._downstream.deliver(queued, decision.status)
+            await self._downstream.deliver(queued, decision.status, event)
         if not await self._events.mark_succeeded(
             run.key, token=run.token, now=self._clock(), duration_ms=run.duration_ms
         ):

@@ -54,6 +54,12 @@ class WorkerMetrics:
             "Events recognised as duplicates, by source and stage.",
             ("source", "stage"),
         )
+        self.unmapped_statuses = Counter(
+            "gateway_worker_unmapped_statuses",
+            "Carrier tracking updates whose status is outside the source's vocabulary.",
+            ["source", "adapter"],
+            registry=self.registry,
+        )
         for outcome in JOB_OUTCOMES:
             self.jobs.labels(outcome=outcome)
 

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "CANONICAL_ADAPTERS",
     "EMPTY_DATA",
     "TERMINAL_STATUSES",
     "Accepted",
@@ -106,6 +107,10 @@ class CourierEvent(Struct, frozen=True):
     data: OpaqueObject = msgspec.field(default_factory=lambda: EMPTY_DATA)
 
 
+CANONICAL_ADAPTERS: Final = frozenset({"standard", "hex"})
+"""Adapters whose bodies are the canonical event of docs/contract.md §3.1 itself."""
+
+
 class ReplayRef(Struct, frozen=True):
     """Marks a job as an operator's replay of a dead letter."""
 
@@ -125,8 +130,11 @@ class QueuedEvent(Struct, frozen=True, kw_only=True):
     worker can no longer decode is still recorded under its key.
 
     ``received_at_ms`` is when the API accepted the event; ``request_id`` ties
-    the worker's log lines to the courier's request. A carrier adapter's name
-    (``docs/contract.md §3.4``) would travel here too, naming how ``body`` is read.
+    the worker's log lines to the courier's request. ``adapter`` names how
+    ``body`` is read (docs/contract.md §3.4): ``standard``/``hex`` bodies are
+    canonical events; a carrier's body is normalised again by the worker with
+    the source's configuration of the moment, so a replay after a vocabulary
+    change applies it.
     """
 
     idempotency_key: str
@@ -136,6 +144,7 @@ class QueuedEvent(Struct, frozen=True, kw_only=True):
     request_id: str
     received_at_ms: int
     replay: ReplayRef | None = None
+    adapter: str = "standard"
 
     def decode(self) -> CourierEvent:
         """The courier event in ``body``; raises as :func:`decode_event` does."""

@@ -61,7 +61,13 @@ from msgspec import Struct
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.exceptions import RedisError
 
-from shared.contracts import QueuedEvent, ReplayRef, decode_event, idempotency_key
+from shared.contracts import (
+    CANONICAL_ADAPTERS,
+    QueuedEvent,
+    ReplayRef,
+    decode_event,
+    idempotency_key,
+)
 from shared.queue import Enqueuer, QueueUnavailable
 from shared.storage.dead_letters import (
     DeadLetterDocument,
@@ -817,6 +823,10 @@ def _queued_event(document: DeadLetterDocument, *, by: str, now: datetime) -> Qu
         )
     except ValueError as exc:
         raise NotReplayable(f"{key} keeps no event to replay ({exc}); discard it") from exc
+    if queued.adapter not in CANONICAL_ADAPTERS:
+        # A carrier's body: the worker normalises it with the source's current
+        # configuration (docs/contract.md §3.4), which is what a replay is for.
+        return queued
     try:
         event = decode_event(queued.body)
     except msgspec.DecodeError as exc:

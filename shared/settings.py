@@ -6,7 +6,7 @@ one directly with :func:`Settings` keyword arguments instead of patching
 ``os.environ``.
 
 Enumerated values (``GATEWAY_LOG_LEVEL``, ``GATEWAY_LOG_FORMAT``, a source's
-``scheme``) are case-insensitive: ``warning`` and ``WARNING`` both read as
+``adapter`` or legacy ``scheme``) are case-insensitive: ``warning`` and ``WARNING`` both read as
 ``WARNING`` (docs/contract.md §4.3). Checks that involve more than one field
 are all in :func:`check_settings`.
 
@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from msgspec import Meta, Struct
 
+from shared.adapters.config import SourceAdapterConfig, SourceConfigError, parse_source_config
+
 __all__ = [
     "ENV_PREFIX",
     "SOURCE_ID_PATTERN",
@@ -46,7 +48,6 @@ ENV_PREFIX = "GATEWAY_"
 SOURCE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 
-Scheme = Literal["standard", "hex"]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
@@ -57,25 +58,9 @@ class SettingsError(ValueError):
     """A ``GATEWAY_*`` variable is missing, malformed or out of range."""
 
 
-class SourceConfig(Struct, frozen=True, forbid_unknown_fields=True):
-    """One courier allowed to post events.
-
-    ``secrets`` holds every currently active signing secret (rotation: any one
-    matching accepts). For the ``standard`` scheme each is ``whsec_<base64 key>``;
-    for the legacy ``hex`` scheme the HMAC key is the secret string's UTF-8 bytes.
-    """
-
-    secrets: Annotated[tuple[str, ...], Meta(min_length=1)]
-    scheme: Scheme = "standard"
-
-    def __repr__(self) -> str:
-        return f"SourceConfig(scheme={self.scheme!r}, secrets=<{len(self.secrets)} redacted>)"
-
-    def hmac_keys(self) -> tuple[bytes, ...]:
-        """The raw HMAC keys, in the order the secrets were configured."""
-        if self.scheme == "hex":
-            return tuple(s.encode() for s in self.secrets)
-        return tuple(decode_secret(s) for s in self.secrets)
+SourceConfig = SourceAdapterConfig
+"""One courier allowed to post events: which adapter reads its requests, its secrets
+and rules (tagged by ``adapter``; see :mod:`shared.adapters.config`)."""
 
 
 class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,7 +77,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """MongoDB database holding processed_events, active_shipments, dead_letter_events."""
     queue_name: str = "gateway:events"
     """arq queue (a Redis sorted set) the API enqueues to and workers drain."""
-    sources: Mapping[str, SourceConfig] = msgspec.field(default_factory=dict)
+    sources: Mapping[str, SourceAdapterConfig] = msgspec.field(default_factory=dict)
     """Configured couriers, from ``GATEWAY_SOURCES`` or ``GATEWAY_SOURCES_FILE``."""
     admin_token: str | None = None
     """Bearer token for ``/v1/admin``; the admin API answers 404 when unset."""
@@ -238,7 +223,7 @@ def _enumerations(struct: type[Struct]) -> dict[str, tuple[str, ...]]:
 
 
 _SETTINGS_ENUMS = _enumerations(Settings)
-_SOURCE_ENUMS = _enumerations(SourceConfig)
+_SOURCE_ENUM_KEYS = ("adapter", "scheme")
 
 
 def _canonical(raw: Mapping[str, Any], enumerations: Mapping[str, tuple[str, ...]]) -> Any:
@@ -318,12 +303,27 @@ def _read_sources(environ: Mapping[str, str]) -> Any:
         return {}
     try:
         decoded = msgspec.json.decode(text, type=dict[str, dict[str, Any]])
-        canonical = {k: _canonical(v, _SOURCE_ENUMS) for k, v in decoded.items()}
-        return msgspec.convert(canonical, dict[str, SourceConfig])
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"{variable}: {exc}{_choices(str(exc))}") from exc
+        raise SettingsError(f"{variable}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise SettingsError(f"{variable}: {exc}") from exc
+    sources: dict[str, SourceAdapterConfig] = {}
+    for name, raw in decoded.items():
+        _check_source_id(name)
+        try:
+            sources[name] = parse_source_config(name, _source_enums(raw))
+        except SourceConfigError as exc:
+            raise SettingsError(f"{variable}: {exc}") from exc
+    return sources
+
+
+def _source_enums(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A source entry with ``adapter``/``scheme`` lower-cased (enumerated: any case reads)."""
+    entry = dict(raw)
+    for key in _SOURCE_ENUM_KEYS:
+        if isinstance(value := entry.get(key), str):
+            entry[key] = value.lower()
+    return entry
 
 
 def _choices(message: str) -> str:
@@ -331,30 +331,25 @@ def _choices(message: str) -> str:
     match = re.search(r"^Invalid enum value .* - at `[^`]*\.(\w+)`$", message)
     if match is None:
         return ""
-    allowed = {**_SOURCE_ENUMS, **_SETTINGS_ENUMS}.get(match.group(1))
+    allowed = _SETTINGS_ENUMS.get(match.group(1))
     return "" if allowed is None else f" (expected one of {', '.join(allowed)}, in any case)"
 
 
-def _check_sources(sources: Mapping[str, SourceConfig]) -> None:
+def _check_source_id(source_id: str) -> None:
+    if not SOURCE_ID_PATTERN.fullmatch(source_id):
+        raise SettingsError(
+            f"GATEWAY_SOURCES: source id {source_id!r} must match {SOURCE_ID_PATTERN.pattern}"
+        )
+
+
+def _check_sources(sources: Mapping[str, SourceAdapterConfig]) -> None:
     for source_id, config in sources.items():
-        if not SOURCE_ID_PATTERN.fullmatch(source_id):
-            raise SettingsError(
-                f"GATEWAY_SOURCES: source id {source_id!r} must match {SOURCE_ID_PATTERN.pattern}"
-            )
-        for position, secret in enumerate(config.secrets):
-            if config.scheme == "hex":
-                if len(secret) < 16:
-                    raise SettingsError(
-                        f"GATEWAY_SOURCES: {source_id}.secrets[{position}]: "
-                        "hex-scheme secret must be at least 16 characters"
-                    )
-                continue
-            try:
-                decode_secret(secret)
-            except ValueError as exc:
-                raise SettingsError(
-                    f"GATEWAY_SOURCES: {source_id}.secrets[{position}]: {exc}"
-                ) from exc
+        _check_source_id(source_id)
+        # Settings built in code skip load_settings: the same checks, on the same shape.
+        try:
+            parse_source_config(source_id, msgspec.to_builtins(config))
+        except SourceConfigError as exc:
+            raise SettingsError(f"GATEWAY_SOURCES: {exc}") from exc
 
 
 def _name_variable(message: str) -> str:

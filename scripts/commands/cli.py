@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "mock-downstream": "scripts.harness.mock_downstream:mock_downstream_command",
     "bench-ingest": "scripts.proof.bench.ingest.run:bench_ingest_command",
     "sign": "scripts.commands.sign:sign_command",
+    "sources": "scripts.commands.sources:sources_command",
     "dev": "scripts.devstack.dev:dev_command",
     "dlq": "scripts.commands.dlq:dlq_command",
     "demo": "scripts.devstack.demo:demo_command",

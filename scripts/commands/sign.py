@@ -1,5 +1,7 @@
 """``gateway sign FILE --source S``: sign a body the way a courier would.
 
+Every adapter of docs/contract.md §3.4 signs with its own ``sign`` (the headers
+its carrier sends: EasyPost's ``X-Hmac-Signature``, UPS's ``credential``, …).
 Prints the signature headers, a ready ``curl`` line, or JSON. The secret comes
 from the source's configuration (``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE``)
 or ``--secret``; it is never printed.
@@ -15,21 +17,39 @@ import uuid
 from pathlib import Path
 
 import click
+import msgspec
 
-from shared.settings import SourceConfig
-from shared.signing import HEX_HEADER, sign_hex, signed_headers
+from shared.adapters.config import HexConfig, SourceAdapterConfig, StandardConfig
+from shared.adapters.registry import build_adapter
+from shared.adapters.standard import StandardAdapter
 
 __all__ = ["curl_line", "sign_body", "sign_command"]
 
 
 def sign_body(
-    config: SourceConfig, body: bytes, *, now: float, msg_id: str | None = None
+    config: SourceAdapterConfig, body: bytes, *, now: float, msg_id: str | None = None
 ) -> dict[str, str]:
     """Headers that make ``body`` acceptable from a source with ``config`` (first secret)."""
-    secret = config.secrets[0]
-    if config.scheme == "hex":
-        return {HEX_HEADER: sign_hex(secret.encode(), body)}
-    return signed_headers(secret, msg_id or f"msg_{uuid.uuid4().hex}", body, now)
+    adapter = build_adapter(config, tolerance_s=300)
+    if isinstance(adapter, StandardAdapter):
+        return adapter.sign(body, now=now, msg_id=msg_id or f"msg_{uuid.uuid4().hex}")
+    return adapter.sign(body, now=now)
+
+
+def _scheme(scheme: str, secrets: tuple[str, ...]) -> SourceAdapterConfig:
+    return HexConfig(secrets=secrets) if scheme == "hex" else StandardConfig(secrets=secrets)
+
+
+def _configured_or_none(source: str) -> SourceAdapterConfig | None:
+    """The source's configuration if settings are valid (--secret keeps its adapter)."""
+    import os
+
+    from shared.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(os.environ).sources.get(source)
+    except SettingsError:
+        return None
 
 
 def curl_line(url: str, headers: dict[str, str], body_file: str) -> str:
@@ -70,7 +90,7 @@ def sign_command(
     fmt: str,
     msg_id: str | None,
 ) -> None:
-    """Sign FILE (a JSON event; '-' reads stdin) for SOURCE and print how to send it."""
+    """Sign FILE (a body; '-' reads stdin) for SOURCE with its adapter; print how to send it."""
     from shared.settings import settings_from_env
 
     body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
@@ -81,9 +101,13 @@ def sign_command(
                 f"source {source!r} is not configured "
                 "(set GATEWAY_SOURCES or GATEWAY_SOURCES_FILE, or pass --secret)"
             )
-        config = configured if scheme is None else SourceConfig(configured.secrets, scheme)  # type: ignore[arg-type]
+        config = configured if scheme is None else _scheme(scheme, configured.secrets)
     else:
-        config = SourceConfig(secrets=(secret,), scheme="hex" if scheme == "hex" else "standard")
+        configured = _configured_or_none(source)
+        if scheme is not None or configured is None:
+            config = _scheme(scheme or "standard", (secret,))
+        else:
+            config = msgspec.structs.replace(configured, secrets=(secret,))
     try:
         headers = sign_body(config, body, now=time.time(), msg_id=msg_id)
     except ValueError as exc:

@@ -1,6 +1,8 @@
 """``gateway demo``: a scripted mix of events against a running stack.
 
-Sends a new event, a duplicate, an out-of-order pair, an event whose downstream
+Sends a new event, a duplicate, an out-of-order pair, a tracking update (and
+its resend) in the dialect of each configured carrier source (EasyPost, UPS,
+AfterShip in the stack ``gateway dev`` starts), an event whose downstream
 delivery fails transiently twice (when a mock downstream is reachable), one that
 fails permanently (``order_mismatch``), a forged signature and an invalid event;
 waits for every accepted event to reach a terminal state and prints what
@@ -18,7 +20,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 from scripts.commands.sign import sign_body
+from scripts.traffic.carriers import CARRIER_ADAPTERS, render
+from scripts.traffic.events import PlannedEvent
 from scripts.traffic.observe import Observer
+from shared.contracts import EventType
 from shared.settings import Settings, SourceConfig
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
@@ -54,12 +59,18 @@ class Step:
     event_id: str = field(default_factory=lambda: f"evt_{uuid.uuid4().hex[:10]}")
     forge_signature: bool = False
     invalid: bool = False
+    source: str | None = None
+    """A carrier source this step posts to (default: the demo's canonical source)."""
+    raw: bytes | None = None
+    """The carrier's body of a carrier step (``event_id``/``shipment_id`` are its key's)."""
     http: int | None = None
     state: str = "—"
     attempts: int = 0
     detail: str = ""
 
     def body(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
         event: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": self.event_type,
@@ -78,16 +89,21 @@ class Step:
 
 class _Demo:
     def __init__(
-        self, api_url: str, source: str, config: SourceConfig, http: httpx.AsyncClient
+        self,
+        api_url: str,
+        source: str,
+        configs: Mapping[str, SourceConfig],
+        http: httpx.AsyncClient,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.source = source
-        self.config = config
+        self.configs = configs
         self.http = http
 
     async def send(self, step: Step, body: bytes | None = None) -> None:
         payload = body if body is not None else step.body()
-        headers = sign_body(self.config, payload, now=time.time())
+        source = step.source or self.source
+        headers = sign_body(self.configs[source], payload, now=time.time())
         if step.forge_signature:
             headers = {
                 k: (v[:-6] + "AAAAA=" if k == "webhook-signature" else v)
@@ -95,7 +111,7 @@ class _Demo:
             }
         headers["content-type"] = "application/json"
         response = await self.http.post(
-            f"{self.api_url}/v1/events/{self.source}", content=payload, headers=headers
+            f"{self.api_url}/v1/events/{source}", content=payload, headers=headers
         )
         step.http = response.status_code
         answer = response.json()
@@ -112,7 +128,6 @@ async def run_demo(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Step]:
     """Run the script; return every step with what happened to it."""
-    config = settings.sources[source]
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     tag = uuid.uuid4().hex[:6]
     ship_a, ship_b, ship_c = (f"shp_demo_{tag}_{n}" for n in "abc")
@@ -173,6 +188,7 @@ async def run_demo(
         "dead_lettered",
     )
     steps = [new, duplicate, newer, older, forged, invalid]
+    carrier_steps = _carrier_steps(settings, base, tag)
 
     mongo = open_mongo(settings.mongo_url)
     db = mongo[settings.mongo_db]
@@ -181,12 +197,18 @@ async def run_demo(
     mock = httpx.AsyncClient(base_url=mock_url, timeout=10) if mock_url else None
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            demo = _Demo(api_url, source, config, http)
+            demo = _Demo(api_url, source, settings.sources, http)
             progress("sending new, duplicate, out-of-order, forged and invalid events")
             await demo.send(new)
             await demo.send(duplicate, new.body())
             for step in (newer, older, forged, invalid):
                 await demo.send(step)
+            if carrier_steps:
+                names = ", ".join(sorted({s.source or "" for s in carrier_steps}))
+                progress(f"sending carrier tracking updates and their resends ({names})")
+                for step in carrier_steps:
+                    await demo.send(step)
+                steps += carrier_steps
             await _wait_terminal(observer, source, steps, timeout_s)
             if mock is not None and await _control(mock, fail_first=2):
                 progress("made the downstream fail each new key's first 2 deliveries")
@@ -212,6 +234,39 @@ async def run_demo(
     return steps
 
 
+def _carrier_steps(settings: Settings, base: datetime, tag: str) -> list[Step]:
+    """For each configured carrier the traffic speaks: a tracking update, then its resend."""
+    steps: list[Step] = []
+    for number, (name, config) in enumerate(settings.sources.items()):
+        if config.kind not in CARRIER_ADAPTERS:
+            continue
+        planned = PlannedEvent(
+            event_id=f"evt_demo_{tag}_{name}",
+            event_type=EventType.PICKED_UP,
+            occurred_at=base + timedelta(minutes=number),
+            shipment_id=f"shp_demo_{tag}_{name}",
+            order_id=f"ord_demo_{tag}_{name}",
+            tracking_number="",
+        )
+        rendered = render(planned, config.kind)
+        for scenario, http in ((f"{config.kind} tracking update", 202), ("… sent again", 200)):
+            steps.append(
+                Step(
+                    scenario,
+                    planned.event_type.value,
+                    rendered.shipment_id,
+                    planned.order_id,
+                    planned.occurred_at,
+                    http,
+                    "succeeded",
+                    event_id=rendered.event_id,
+                    source=name,
+                    raw=rendered.body,
+                )
+            )
+    return steps
+
+
 async def _control(mock: httpx.AsyncClient, **rules: int) -> bool:
     try:
         response = await mock.post("/control", json=rules)
@@ -224,7 +279,7 @@ async def _wait_terminal(
     observer: Observer, source: str, steps: list[Step], timeout_s: float
 ) -> None:
     queued = [s for s in steps if s.expect_state is not None and s.http in (200, 202)]
-    keys = {f"{source}:{step.event_id}" for step in queued}
+    keys = {f"{step.source or source}:{step.event_id}" for step in queued}
     await observer.drain(keys, timeout_s=timeout_s, wait_for_queue=False, poll_s=0.2)
 
 
@@ -238,6 +293,7 @@ async def _describe(
     if step.http not in (200, 202):
         step.state = "not queued"
         return
+    source = step.source or source
     key = f"{source}:{step.event_id}"
     document = await events.get(key)
     step.state = "not processed" if document is None else document.status.value
@@ -270,7 +326,11 @@ def _table(steps: list[Step]) -> Table:
 
 @click.command("demo")
 @click.option("--url", "api_url", help="API base URL (default http://127.0.0.1:$GATEWAY_PORT).")
-@click.option("--source", help="Source to send as (default: the first configured one).")
+@click.option(
+    "--source",
+    help="Canonical source to send as (default: the first configured one); every "
+    "configured carrier source gets its own tracking update too.",
+)
 @click.option(
     "--mock-url",
     envvar="GATEWAY_MOCK_DOWNSTREAM_URL",

@@ -28,7 +28,8 @@ import click
 from scripts.commands.sign import curl_line, sign_body
 from scripts.devstack.stack import Stack, StackOptions, redis_topology_option
 from scripts.harness.services import ServiceError
-from shared.settings import SourceConfig, load_settings, redact_url
+from shared.adapters.config import StandardConfig
+from shared.settings import load_settings, redact_url
 
 __all__ = ["dev_command", "gateway_invocation", "sample_event"]
 
@@ -148,7 +149,7 @@ def _print_banner(stack: Stack) -> None:
         env["GATEWAY_SOURCES_FILE"] = str(stack.sources_file)
         env.pop("GATEWAY_SOURCES", None)
     settings = load_settings(env)
-    source, config = next(iter(settings.sources.items()), ("", SourceConfig(secrets=("",))))
+    source, config = next(iter(settings.sources.items()), ("", StandardConfig(secrets=("",))))
     sample_path = stack.workdir / "sample-event.json"
     body = sample_event()
     sample_path.write_bytes(body)

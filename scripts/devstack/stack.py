@@ -45,6 +45,7 @@ from scripts.harness.services import (
     wait_for_port,
 )
 from scripts.harness.tcp_proxy import TcpProxyProcess
+from scripts.traffic.carriers import CANONICAL_SOURCE, traffic_sources
 from shared.signing import generate_secret
 
 __all__ = ["Child", "Stack", "StackOptions"]
@@ -306,9 +307,10 @@ class Stack:
             self.generated_admin_token = secrets.token_urlsafe(24)
         if env.get("GATEWAY_SOURCES") or env.get("GATEWAY_SOURCES_FILE"):
             return
-        self.generated_source = "dev"
+        # The canonical source first, then one per simulated carrier (docs/carriers.md).
+        self.generated_source = CANONICAL_SOURCE
         self.sources_file.touch(mode=0o600)
-        self.sources_file.write_text(json.dumps({"dev": {"secrets": [generate_secret()]}}))
+        self.sources_file.write_text(json.dumps(traffic_sources()))
 
     def write_env_file(self) -> Path:
         """``stack.env``: the variables other commands need to talk to this stack.

@@ -14,6 +14,9 @@ whatever order the workers apply them in. On top of that:
   earlier request of the same courier byte for byte (same body, same
   ``webhook-id``, fresh timestamp and signature), as a courier retrying a
   webhook does; the gateway must answer ``200 duplicate``;
+* **dialects** — a stream speaks the canonical format or one carrier's
+  (:mod:`scripts.traffic.carriers`: EasyPost, UPS, AfterShip), the same
+  lifecycles rendered as that carrier sends them;
 * **out-of-order pairs** — with probability ``out_of_order_ratio`` two
   consecutive events of a lifecycle are sent newer first; the older one must
   still be recorded in the shipment's history without changing its status.
@@ -32,6 +35,7 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import Struct
 
+from scripts.traffic.carriers import render
 from shared.contracts import EventType
 
 __all__ = [
@@ -109,7 +113,10 @@ class PlannedEvent(Struct, frozen=True, kw_only=True):
 
 
 class Outgoing(Struct, frozen=True, kw_only=True):
-    """One request to send: the exact body and ``webhook-id``, and why it is sent."""
+    """One request to send: the exact body and ``webhook-id``, and why it is sent.
+
+    ``event_id`` and ``shipment_id`` are those the gateway files it under.
+    """
 
     event_id: str
     shipment_id: str
@@ -178,7 +185,14 @@ def send_order(
 
 
 class EventStream:
-    """The requests of one simulated courier, one :meth:`next` call per request."""
+    """The requests of one simulated courier, one :meth:`next` call per request.
+
+    ``adapter`` is the dialect the courier speaks (:mod:`scripts.traffic.carriers`):
+    ``standard`` (the canonical body), ``easypost``, ``ups`` or ``aftership``.
+    ``Outgoing.event_id`` and ``shipment_id`` are then what the gateway files
+    the request under (a UPS id is derived, a carrier's shipment is its
+    tracking number).
+    """
 
     def __init__(
         self,
@@ -189,8 +203,10 @@ class EventStream:
         out_of_order_ratio: float,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         resend_window: int = 64,
+        adapter: str = "standard",
     ) -> None:
         self._rng = rng
+        self._adapter = adapter
         self._prefix = prefix
         self._duplicate_ratio = duplicate_ratio
         self._out_of_order_ratio = out_of_order_ratio
@@ -212,11 +228,12 @@ class EventStream:
             lifecycle = plan_lifecycle(self._rng, self._prefix, self._serial, start)
             self._pending.extend(send_order(lifecycle, self._rng, self._out_of_order_ratio))
         event, swapped = self._pending.popleft()
+        rendered = render(event, self._adapter)
         outgoing = Outgoing(
-            event_id=event.event_id,
-            shipment_id=event.shipment_id,
+            event_id=rendered.event_id,
+            shipment_id=rendered.shipment_id,
             msg_id=f"msg_{event.event_id}",
-            body=event.body(),
+            body=rendered.body,
             kind="out_of_order" if swapped else "new",
         )
         self._sent.append(outgoing)

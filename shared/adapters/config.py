@@ -67,6 +67,21 @@ class AdapterConfig(
     def __repr__(self) -> str:
         return f"{type(self).__name__}(secrets=<{len(self.secrets)} redacted>)"
 
+    @property
+    def kind(self) -> str:
+        """The adapter's name (the ``adapter`` tag): ``standard``, ``easypost``, …"""
+        tag = self.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+    def hmac_keys(self) -> tuple[bytes, ...]:
+        """The HMAC keys (or token bytes) of the secrets, in the order configured."""
+        # Imported here: the adapters import this module.
+        from shared.adapters.registry import ADAPTERS
+
+        key_of = ADAPTERS[type(self)].key_of  # type: ignore[index]  # only tagged configs exist
+        return tuple(key_of(secret) for secret in self.secrets)
+
 
 class StandardConfig(AdapterConfig, frozen=True, tag="standard"):
     """Standard Webhooks over the canonical body; secrets are ``whsec_<base64 key>``."""

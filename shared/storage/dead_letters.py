@@ -121,6 +121,8 @@ class DeadLetterDocument(Struct, frozen=True, kw_only=True, rename={"key": "_id"
     event_omitted: str | None = None
     request_id: str | None = None
     received_at_ms: int | None = None
+    adapter: str = "standard"
+    """How the body is read (docs/contract.md §3.4); older documents hold canonical events."""
     reason: str = ""
     error: ErrorInfo = msgspec.field(default_factory=_unknown_error)
     attempts: tuple[AttemptRecord, ...] = ()
@@ -172,6 +174,7 @@ class DeadLetterDocument(Struct, frozen=True, kw_only=True, rename={"key": "_id"
             request_id=self.request_id or request_id,
             received_at_ms=self.received_at_ms or replay.at_ms,
             replay=replay,
+            adapter=self.adapter,
         )
 
 
@@ -262,6 +265,7 @@ class DeadLetters:
             "event_omitted": None,
             "request_id": queued.request_id,
             "received_at_ms": queued.received_at_ms,
+            "adapter": queued.adapter,
             "reason": reason.value,
             "error": {"code": code, "message": message},
             "dead_lettered_at": now,

@@ -11,7 +11,10 @@ post-image. ``last_apply`` is that return channel, not the shipment's state:
 
 1. no stored shipment → ``applied`` (the event creates it);
 2. the event is already in the shipment's history → ``already_applied``;
-3. ``shipment.order_id`` differs from the stored one → ``order_mismatch``;
+3. ``shipment.order_id`` differs from the stored one → ``order_mismatch``
+   (only when both are known: a carrier event without an order id, whose
+   ``order_id`` is empty, and a shipment stored without one skip this rule,
+   docs/contract.md §3.4);
 4. stored status terminal, event not older than ``last_event_at``, and a
    different status → ``invalid_transition``;
 5. event older than ``last_event_at`` → ``recorded_stale``;
@@ -132,10 +135,16 @@ def _literal(value: object) -> Document:
     return {"$literal": value}
 
 
+def _order_id(event: CourierEvent) -> str | None:
+    """The event's order id; ``None`` for a carrier event that sent none (empty)."""
+    return event.shipment.order_id or None
+
+
 def _verdict(event: CourierEvent) -> Document:
     """The rules, in order, as one ``$switch`` over the stored document."""
     status = _literal(event.event_type.status)
     occurred_at = event.occurred_at
+    order_id = _order_id(event)
     # Numbered as in the module docstring; rule 6 is the default.
     rules: list[tuple[Document, Outcome]] = [
         # 1. no stored shipment (the upsert starts from {_id})
@@ -145,8 +154,22 @@ def _verdict(event: CourierEvent) -> Document:
             {"$in": [_literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
             Outcome.ALREADY_APPLIED,
         ),
-        # 3. another order
-        ({"$ne": ["$order_id", _literal(event.shipment.order_id)]}, Outcome.ORDER_MISMATCH),
+        # 3. another order (both known)
+        *(
+            []
+            if order_id is None
+            else [
+                (
+                    {
+                        "$and": [
+                            {"$ne": [{"$ifNull": ["$order_id", None]}, None]},
+                            {"$ne": ["$order_id", _literal(order_id)]},
+                        ]
+                    },
+                    Outcome.ORDER_MISMATCH,
+                )
+            ]
+        ),
         # 4. terminal, not older, another status
         (
             {
@@ -191,7 +214,7 @@ def _apply_pipeline(source: str, event: CourierEvent, now: datetime) -> list[Doc
     write: dict[str, Any] = {
         "source": {"$ifNull": ["$source", _literal(source)]},
         "shipment_id": {"$ifNull": ["$shipment_id", _literal(event.shipment.id)]},
-        "order_id": {"$ifNull": ["$order_id", _literal(event.shipment.order_id)]},
+        "order_id": {"$ifNull": ["$order_id", _literal(_order_id(event))]},
         "tracking_number": {"$cond": [moves, tracking, {"$ifNull": ["$tracking_number", None]}]},
         "status": when_moves(_literal(status), "status"),
         "last_event_id": when_moves(_literal(event.event_id), "last_event_id"),

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from gateway_api.app import create_app
-from shared.settings import Settings, SettingsError, SourceConfig
+from shared.adapters.config import StandardConfig
+from shared.settings import Settings, SettingsError
 from shared.signing import generate_secret
 
 
@@ -35,8 +36,8 @@ async def test_startup_raises_only_the_young_gc_threshold(
 @pytest.mark.parametrize(
     ("overrides", "variable"),
     [
-        ({"sources": {"Acme": SourceConfig(secrets=(generate_secret(),))}}, "GATEWAY_SOURCES"),
-        ({"sources": {"acme": SourceConfig(secrets=("whsec_!",))}}, "GATEWAY_SOURCES"),
+        ({"sources": {"Acme": StandardConfig(secrets=(generate_secret(),))}}, "GATEWAY_SOURCES"),
+        ({"sources": {"acme": StandardConfig(secrets=("whsec_!",))}}, "GATEWAY_SOURCES"),
         ({"downstream_url": "http://127.0.0.1:9/hook"}, "GATEWAY_DOWNSTREAM_SECRET"),
         ({"lease_s": 30.0, "job_timeout_s": 30.0}, "GATEWAY_LEASE_S"),
     ],

@@ -23,8 +23,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from scripts.harness.services import EmbeddedMongo, RedisServer
+from shared.adapters.config import HexConfig, StandardConfig
 from shared.queue import open_queue_pool
-from shared.settings import Settings, SourceConfig
+from shared.settings import Settings
 from shared.storage.mongo import Document, open_mongo
 from tests.factories import TEST_HEX_SECRET, TEST_SECRETS
 
@@ -65,8 +66,8 @@ def make_settings(
             "mongo_db": mongo_db_name,
             "queue_name": "gateway:test-events",
             "sources": {
-                "acme": SourceConfig(secrets=TEST_SECRETS),
-                "legacy": SourceConfig(secrets=(TEST_HEX_SECRET,), scheme="hex"),
+                "acme": StandardConfig(secrets=TEST_SECRETS),
+                "legacy": HexConfig(secrets=(TEST_HEX_SECRET,)),
             },
             "log_format": "json",
         }

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.config import StandardConfig
 from shared.settings import (
     Settings,
     SettingsError,
-    SourceConfig,
     check_settings,
     load_settings,
     redact_url,
@@ -85,7 +85,7 @@ def test_enumerated_values_are_case_insensitive(
 def test_a_source_scheme_is_case_insensitive() -> None:
     sources = {"old": {"secrets": ["x" * 16], "scheme": "HEX"}}
     settings = load_settings({"GATEWAY_SOURCES": json.dumps(sources)})
-    assert settings.sources["old"].scheme == "hex"
+    assert settings.sources["old"].kind == "hex"
     assert settings.sources["old"].hmac_keys() == (b"x" * 16,)
 
 
@@ -96,7 +96,10 @@ def test_an_unknown_enumerated_value_lists_the_allowed_ones() -> None:
         "GATEWAY_LOG_LEVEL: Invalid enum value 'loud' "
         "(expected one of DEBUG, ERROR, INFO, WARNING, in any case)"
     )
-    with pytest.raises(SettingsError, match=r"^GATEWAY_SOURCES: .*expected one of hex, standard"):
+    with pytest.raises(
+        SettingsError,
+        match=r"^GATEWAY_SOURCES: acme\.scheme: must be 'standard' or 'hex', got 'md5'",
+    ):
         load_settings({"GATEWAY_SOURCES": '{"acme": {"secrets": ["x"], "scheme": "md5"}}'})
 
 
@@ -107,7 +110,7 @@ def test_cross_field_checks_run_on_settings_built_directly() -> None:
     with pytest.raises(SettingsError, match=r"^GATEWAY_DOWNSTREAM_SECRET: required"):
         check_settings(Settings(downstream_url="http://127.0.0.1:9/hook"))
     with pytest.raises(SettingsError, match=r"^GATEWAY_SOURCES: source id 'Acme' must match"):
-        check_settings(Settings(sources={"Acme": SourceConfig(secrets=(generate_secret(),))}))
+        check_settings(Settings(sources={"Acme": StandardConfig(secrets=(generate_secret(),))}))
 
 
 def test_a_lease_not_longer_than_the_job_timeout_is_refused_by_name() -> None:
@@ -124,8 +127,8 @@ def test_sources_are_read_from_json() -> None:
             )
         }
     )
-    assert settings.sources["acme"] == SourceConfig(secrets=(secret,), scheme="standard")
-    assert settings.sources["old"].scheme == "hex"
+    assert settings.sources["acme"] == StandardConfig(secrets=(secret,))
+    assert settings.sources["old"].kind == "hex"
     assert settings.sources["old"].hmac_keys() == (b"x" * 16,)
 
 
@@ -189,7 +192,7 @@ def test_repr_hides_secrets_and_passwords() -> None:
     settings = Settings(
         redis_url="redis://:hunter2@redis:6379/0",
         mongo_url="mongodb://app:hunter2@mongo/",
-        sources={"acme": SourceConfig(secrets=(secret,))},
+        sources={"acme": StandardConfig(secrets=(secret,))},
         admin_token="token-value",
     )
     shown = repr(settings)

@@ -27,7 +27,7 @@ from gateway_worker.worker import (
     on_startup,
 )
 from scripts.harness.tcp_proxy import OutageMode, TcpProxy
-from shared.contracts import QueuedEvent
+from shared.contracts import CourierEvent, QueuedEvent
 from shared.queue import deserialize, serialize, worker_health_key
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage.dead_letters import DeadLetters
@@ -47,7 +47,7 @@ class FailsWith:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         raise self.exc
 
 
@@ -57,7 +57,7 @@ class HangsOnce:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         import asyncio
 
         self.calls += 1
@@ -196,7 +196,7 @@ class CutsMongoThenFails:
         self.outage_s = outage_s
         self.calls = 0
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         import asyncio
 
         self.calls += 1

@@ -13,6 +13,7 @@ from gateway_worker.downstream import Downstream, parse_retry_after
 from gateway_worker.errors import DownstreamStatusError, DownstreamTimeout, DownstreamUnreachable
 from scripts.harness.mock_downstream import MockDownstreamClient
 from scripts.harness.services import free_port
+from shared.contracts import CourierEvent, QueuedEvent
 from shared.signing import generate_secret, signed_headers
 from tests.factories import DOWNSTREAM_SECRET, make_event
 
@@ -31,6 +32,12 @@ async def post(client: httpx.AsyncClient, url: str, key: str) -> int:
     return (await client.post(url, content=b"{}", headers=headers)).status_code
 
 
+def job(status: str) -> tuple[QueuedEvent, str, CourierEvent]:
+    """What the worker hands the deliverer: the job, the status, the job's decoded event."""
+    queued = make_event()
+    return queued, status, queued.event
+
+
 def deliverer(
     client: httpx.AsyncClient, url: str, *, secret: str = DOWNSTREAM_SECRET, timeout_s: float = 2.0
 ) -> Downstream:
@@ -40,7 +47,7 @@ def deliverer(
 async def test_delivery_is_signed_with_the_idempotency_key_as_webhook_id(
     client: httpx.AsyncClient, downstream: MockDownstreamClient, downstream_url: str
 ) -> None:
-    await deliverer(client, downstream_url).deliver(make_event(), "picked_up")
+    await deliverer(client, downstream_url).deliver(*job("picked_up"))
     (delivery,) = (await downstream.deliveries()).deliveries
     assert (delivery.webhook_id, delivery.signature_ok, delivery.status) == (
         "acme:evt_1",
@@ -54,9 +61,7 @@ async def test_delivery_signed_with_another_secret_is_refused(
     client: httpx.AsyncClient, downstream: MockDownstreamClient, downstream_url: str
 ) -> None:
     with pytest.raises(DownstreamStatusError) as error:
-        await deliverer(client, downstream_url, secret=generate_secret()).deliver(
-            make_event(), "picked_up"
-        )
+        await deliverer(client, downstream_url, secret=generate_secret()).deliver(*job("picked_up"))
     assert error.value.status == 401
     assert (await downstream.deliveries()).deliveries[0].signature_ok is False
 
@@ -66,7 +71,7 @@ async def test_non_2xx_answer_carries_its_status_and_retry_after(
 ) -> None:
     await downstream.control(fail_first=1, retry_after="12")
     with pytest.raises(DownstreamStatusError) as error:
-        await deliverer(client, downstream_url).deliver(make_event(), "picked_up")
+        await deliverer(client, downstream_url).deliver(*job("picked_up"))
     assert (error.value.status, error.value.retry_after_s) == (503, 12.0)
 
 
@@ -75,7 +80,7 @@ async def test_slow_downstream_is_a_downstream_timeout(
 ) -> None:
     await downstream.control(latency_ms=2000)
     with pytest.raises(DownstreamTimeout):
-        await deliverer(client, downstream_url, timeout_s=0.2).deliver(make_event(), "x")
+        await deliverer(client, downstream_url, timeout_s=0.2).deliver(*job("x"))
 
 
 async def test_refused_connection_is_downstream_unreachable_without_the_url(
@@ -83,7 +88,7 @@ async def test_refused_connection_is_downstream_unreachable_without_the_url(
 ) -> None:
     url = f"http://user:hunter2@127.0.0.1:{free_port()}/hook"
     with pytest.raises(DownstreamUnreachable) as error:
-        await deliverer(client, url).deliver(make_event(), "picked_up")
+        await deliverer(client, url).deliver(*job("picked_up"))
     assert "hunter2" not in str(error.value)
 
 

@@ -19,7 +19,7 @@ from gateway_worker.metrics import WorkerMetrics
 from scripts.harness.mock_downstream import MockDownstreamClient
 from scripts.harness.services import free_port
 from scripts.proof.probes import CommandCounter
-from shared.contracts import EventType, QueuedEvent, ReplayRef
+from shared.contracts import CourierEvent, EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
@@ -38,7 +38,7 @@ class Raising:
         self.exc = exc
         self.calls = 0
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         self.calls += 1
         raise self.exc
 
@@ -50,7 +50,7 @@ class Blocking:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def deliver(self, queued: QueuedEvent, status: str) -> None:
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
         self.entered.set()
         await self.release.wait()
 

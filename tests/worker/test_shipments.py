@@ -7,10 +7,11 @@ import itertools
 import random
 from datetime import timedelta
 
+import msgspec
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.contracts import EventType
+from shared.contracts import CourierEvent, EventType, Shipment
 from shared.storage.mongo import SHIPMENTS, Document
 from shared.storage.shipments import HISTORY_LIMIT, Decision, Outcome, Shipments
 from tests.factories import DELIVERY_WITH_A_RETRY, T0, make_event
@@ -166,3 +167,36 @@ async def test_tracking_number_is_kept_unless_a_newer_event_brings_one(
     document = await shipments.get("acme", "shp_1")
     assert document is not None
     assert document["tracking_number"] == (tracking or "1Z999")
+
+
+async def test_an_event_without_an_order_id_takes_no_part_in_the_order_check(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """A carrier event with no order id (empty) neither mismatches nor sets one (contract §3.4)."""
+    shipments = Shipments(mongo_db)
+    first = _without_order(make_event("c1", EventType.PICKED_UP).event)
+    assert (await shipments.apply_event("ups", first, now=NOW)).outcome is Outcome.APPLIED
+    stored = await shipments.get("ups", "shp_1")
+    assert stored is not None
+    assert stored["order_id"] is None
+    # An order id arriving later is recorded, and from then on it is checked.
+    later = make_event("c2", EventType.IN_TRANSIT, order_id="ord_7", occurred_at=T0 + HOUR).event
+    assert (await shipments.apply_event("ups", later, now=NOW)).outcome is Outcome.APPLIED
+    stored = await shipments.get("ups", "shp_1")
+    assert stored is not None
+    assert stored["order_id"] == "ord_7"
+    unknown = make_event("c3", EventType.OUT_FOR_DELIVERY, occurred_at=T0 + 2 * HOUR).event
+    decision = await shipments.apply_event("ups", _without_order(unknown), now=NOW)
+    assert decision.outcome is Outcome.APPLIED
+    other = make_event("c4", EventType.DELIVERED, order_id="ord_8", occurred_at=T0 + 3 * HOUR)
+    decision = await shipments.apply_event("ups", other.event, now=NOW)
+    assert decision == Decision(Outcome.ORDER_MISMATCH, "out_for_delivery")
+
+
+HOUR = timedelta(hours=1)
+
+
+def _without_order(event: CourierEvent) -> CourierEvent:
+    """``event`` as the worker builds a carrier's update that names no order (empty id)."""
+    shipment = Shipment(id=event.shipment.id, order_id="", tracking_number="1Z999")
+    return msgspec.structs.replace(event, shipment=shipment)

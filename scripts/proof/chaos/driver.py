@@ -26,8 +26,9 @@ import asyncio
 import random
 import time
 import uuid
+import zlib
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal
@@ -36,8 +37,10 @@ import httpx
 import msgspec
 from msgspec import Struct
 
+from scripts.commands.sign import sign_body
+from scripts.traffic.carriers import render
 from scripts.traffic.events import ShipmentPlanner
-from shared.signing import signed_headers
+from shared.settings import SourceConfig
 
 __all__ = [
     "Answer",
@@ -135,11 +138,15 @@ class CourierRetry:
 
 @dataclass
 class ChaosDriver:
-    """Sends ``rate`` events per second to ``api_url``/v1/events/``source`` until stopped."""
+    """Sends ``rate`` events per second to ``api_url``/v1/events/{source} until stopped.
+
+    Each shipment's events go to one of ``sources`` (chosen by its id), in that
+    source's dialect (:mod:`scripts.traffic.carriers`), signed as its adapter
+    expects: the traffic is the adapter mix of the chaos stack.
+    """
 
     api_url: str
-    source: str
-    secret: str
+    sources: Mapping[str, SourceConfig]
     rate: float
     seed: int = 1
     resend_ratio: float = 0.05
@@ -207,15 +214,18 @@ class ChaosDriver:
             self._resends.append(Resend(key=key, answer=answer))
             return
         planned = self._planner.next()
-        key = f"{self.source}:{planned.event_id}"
-        body = planned.body()
+        names = list(self.sources)
+        source = names[zlib.crc32(planned.shipment_id.encode()) % len(names)]
+        rendered = render(planned, self.sources[source].kind)
+        key = f"{source}:{rendered.event_id}"
+        body = rendered.body
         self._bodies[key] = body
         event = SentEvent(
             key=key,
-            event_id=planned.event_id,
+            event_id=rendered.event_id,
             event_type=planned.event_type.value,
             occurred_at=planned.occurred_at,
-            shipment_id=planned.shipment_id,
+            shipment_id=rendered.shipment_id,
         )
         self._events.append(event)
         first = time.monotonic()
@@ -239,12 +249,12 @@ class ChaosDriver:
 
     async def _post(self, client: httpx.AsyncClient, key: str, body: bytes) -> Answer:
         # webhook-id = the idempotency key's event id: a resend repeats it exactly.
-        msg_id = key.split(":", 1)[1]
-        headers = signed_headers(self.secret, msg_id, body, time.time())
+        source, _, msg_id = key.partition(":")
+        headers = sign_body(self.sources[source], body, now=time.time(), msg_id=msg_id)
         headers["content-type"] = "application/json"
         sent_at = time.time()
         try:
-            response = await client.post(f"/v1/events/{self.source}", content=body, headers=headers)
+            response = await client.post(f"/v1/events/{source}", content=body, headers=headers)
         except httpx.HTTPError as exc:
             return Answer(sent_at=sent_at, at=time.time(), error=type(exc).__name__)
         retry_after = response.headers.get("retry-after", "")

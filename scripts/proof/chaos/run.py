@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,10 @@ from scripts.proof.chaos.report import (
     render_markdown,
     timeline,
 )
+from scripts.traffic.carriers import CANONICAL_SOURCE, traffic_sources
 from scripts.traffic.observe import Observer
 from shared.queue import client_for, close_client
-from shared.settings import Settings
-from shared.signing import generate_secret
+from shared.settings import Settings, SourceConfig, load_settings
 from shared.storage.mongo import (
     PROCESSED_EVENTS,
     Document,
@@ -95,11 +95,15 @@ class _Run:
     """One chaos run against a started :class:`Stack` (async part)."""
 
     def __init__(
-        self, options: ChaosOptions, stack: Stack, secret: str, say: Callable[[str], None]
+        self,
+        options: ChaosOptions,
+        stack: Stack,
+        sources: Mapping[str, SourceConfig],
+        say: Callable[[str], None],
     ) -> None:
         self.options = options
         self.stack = stack
-        self.secret = secret
+        self.sources = sources
         self.say = say
         self.samples: list[tuple[float, int | None]] = []
         self.snapshots: list[list[Delivery]] = []
@@ -137,8 +141,7 @@ class _Run:
         options = self.options
         driver = ChaosDriver(
             api_url=self.stack.api_url,
-            source=SOURCE,
-            secret=self.secret,
+            sources=self.sources,
             rate=options.rate,
             seed=options.seed,
             retry=CourierRetry(give_up_s=options.give_up_s),
@@ -476,9 +479,12 @@ def _environment(stack: Stack) -> dict[str, str]:
 def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) -> Report:
     """Run the whole chaos experiment and write its report; the report."""
     plan = plan_faults(options)  # fail on a bad schedule before starting anything
-    secret = generate_secret()
+    # The adapter mix (docs/carriers.md): the canonical source, then one per carrier.
+    generated = traffic_sources()
+    raw_sources = {SOURCE: generated.pop(CANONICAL_SOURCE), **generated}
+    sources = load_settings({"GATEWAY_SOURCES": json.dumps(raw_sources)}).sources
     env = options.settings_env
-    env["GATEWAY_SOURCES"] = json.dumps({SOURCE: {"secrets": [secret]}})
+    env["GATEWAY_SOURCES"] = json.dumps(raw_sources)
     env["GATEWAY_SOURCES_FILE"] = ""
     output = options.output
     output.mkdir(parents=True, exist_ok=True)
@@ -510,7 +516,7 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
             f"proxy; {len(plan)} faults planned: "
             + ", ".join(f"{p.kind.value}@{p.at_s:g}s" for p in plan)
         )
-        run = _Run(options, stack, secret, say)
+        run = _Run(options, stack, sources, say)
         collected = asyncio.run(run.run())
         environment = _environment(stack)
     finally:

@@ -89,7 +89,10 @@ def _verdict(criterion: Criterion) -> str:
     envvar="GATEWAY_MOCK_DOWNSTREAM_URL",
     help="With --target: the running mock downstream's base URL.",
 )
-@click.option("--source", help="Source to sign for (default: the first configured).")
+@click.option(
+    "--source",
+    help="Sources to spread the load over, comma-separated (default: every configured one).",
+)
 @click.option(
     "--py-spy",
     "py_spy",

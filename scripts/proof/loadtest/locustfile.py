@@ -7,18 +7,22 @@ headless and checks SPEC §6), or by hand from the repository root::
         python -m locust -f scripts/proof/loadtest/locustfile.py --headless \\
         -u 100 -r 50 -t 60s --host http://127.0.0.1:8000
 
-Every request is signed when it is sent (Standard Webhooks, or the source's
-``hex`` scheme) with the source's first configured secret, read from
-``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` — never from argv. What each
-user sends (lifecycles with mixed event types, resends, out-of-order pairs)
-is :class:`scripts.traffic.events.EventStream`. Configuration
+Every request is signed when it is sent, the way its source's adapter
+expects (Standard Webhooks, ``hex``, or a carrier's own scheme), with the
+source's first configured secret, read from ``GATEWAY_SOURCES`` /
+``GATEWAY_SOURCES_FILE`` — never from argv. Users are spread over the
+configured sources in turn, each speaking its source's dialect, so the load
+is the adapter mix of :mod:`scripts.traffic.carriers` (canonical, EasyPost,
+UPS, AfterShip in the stacks this project starts). What each user sends
+(lifecycles with mixed event types, resends, out-of-order pairs) is
+:class:`scripts.traffic.events.EventStream`. Configuration
 (``LOADTEST_*``, see :meth:`~scripts.proof.loadtest.records.LoadConfig.from_env`):
 
 * ``LOADTEST_RATE`` — target requests/s of all users together (default 40;
   0 = unpaced); each user sends ``rate / users`` requests/s on a fixed
   schedule starting at a random phase, so the load is even, not bursty;
 * ``LOADTEST_DUPLICATE_RATIO`` (0.1), ``LOADTEST_OUT_OF_ORDER_RATIO`` (0.1);
-* ``LOADTEST_SOURCE`` (default: the first configured source);
+* ``LOADTEST_SOURCE`` — comma-separated sources (default: every configured one);
 * ``LOADTEST_RECORD_DIR`` — where each process writes one JSON line per
   request (key, shipment, status, kind, latency);
 * ``LOADTEST_RUN_ID``, ``LOADTEST_SEED`` — id prefix and random seed.
@@ -62,6 +66,7 @@ class Courier(FastHttpUser):
 
     def on_start(self) -> None:
         number = next(_user_numbers)
+        self.source, self.config = CONFIG.sources[(number - 1) % len(CONFIG.sources)]
         prefix = f"lt{CONFIG.run_id}p{os.getpid():x}u{number}"
         seed = f"{CONFIG.seed}:{os.getpid()}:{number}" if CONFIG.seed is not None else None
         self.stream = EventStream(
@@ -69,8 +74,9 @@ class Courier(FastHttpUser):
             prefix,
             duplicate_ratio=CONFIG.duplicate_ratio,
             out_of_order_ratio=CONFIG.out_of_order_ratio,
+            adapter=self.config.kind,
         )
-        self.path = f"/v1/events/{CONFIG.source}"
+        self.path = f"/v1/events/{self.source}"
         users = max(1, self.environment.parsed_options.num_users or 1)
         rate = CONFIG.rate_per_s / users
         self._interval = 1 / rate if rate > 0 else 0.0
@@ -92,9 +98,7 @@ class Courier(FastHttpUser):
     @task
     def send_event(self) -> None:
         outgoing = self.stream.next()
-        headers = sign_body(
-            CONFIG.source_config, outgoing.body, now=time.time(), msg_id=outgoing.msg_id
-        )
+        headers = sign_body(self.config, outgoing.body, now=time.time(), msg_id=outgoing.msg_id)
         headers["content-type"] = "application/json"
         with self.client.post(
             self.path,
@@ -111,8 +115,8 @@ class Courier(FastHttpUser):
             if _recorder is not None:
                 _recorder.write(
                     SentRecord(
-                        key=f"{CONFIG.source}:{outgoing.event_id}",
-                        shipment=f"{CONFIG.source}:{outgoing.shipment_id}",
+                        key=f"{self.source}:{outgoing.event_id}",
+                        shipment=f"{self.source}:{outgoing.shipment_id}",
                         status=status,
                         kind=outgoing.kind,
                         ms=round(float(response.request_meta["response_time"]), 3),

@@ -30,8 +30,8 @@ class LoadConfig(Struct, frozen=True, kw_only=True):
     (0: every user sends as fast as it gets answers).
     """
 
-    source: str
-    source_config: SourceConfig
+    sources: tuple[tuple[str, SourceConfig], ...]
+    """The traffic mix: Locust user ``n`` speaks for source ``n mod len``, in its dialect."""
     duplicate_ratio: float = 0.1
     out_of_order_ratio: float = 0.1
     rate_per_s: float = 40.0
@@ -39,13 +39,18 @@ class LoadConfig(Struct, frozen=True, kw_only=True):
     run_id: str = ""
     seed: int | None = None
 
+    @property
+    def source(self) -> str:
+        """The first source of the mix."""
+        return self.sources[0][0]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
         """Read the configuration; :class:`ValueError` names the variable that is wrong.
 
-        ``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` give the source's secret
-        (never argv); ``LOADTEST_SOURCE`` picks the source (default: the first
-        configured one).
+        ``GATEWAY_SOURCES`` / ``GATEWAY_SOURCES_FILE`` give the sources' secrets
+        (never argv); ``LOADTEST_SOURCE`` picks the sources, comma-separated
+        (default: every configured one, so the load is the adapter mix).
         """
         names = ("GATEWAY_SOURCES", "GATEWAY_SOURCES_FILE")
         try:
@@ -54,14 +59,14 @@ class LoadConfig(Struct, frozen=True, kw_only=True):
             raise ValueError(str(exc)) from exc
         if not sources:
             raise ValueError("GATEWAY_SOURCES_FILE: no source configured to sign for")
-        source = environ.get("LOADTEST_SOURCE") or next(iter(sources))
-        if source not in sources:
-            raise ValueError(f"LOADTEST_SOURCE: {source!r} is not a configured source")
+        chosen = [s for s in environ.get("LOADTEST_SOURCE", "").split(",") if s] or list(sources)
+        for source in chosen:
+            if source not in sources:
+                raise ValueError(f"LOADTEST_SOURCE: {source!r} is not a configured source")
         record_dir = environ.get("LOADTEST_RECORD_DIR")
         seed = environ.get("LOADTEST_SEED")
         return cls(
-            source=source,
-            source_config=sources[source],
+            sources=tuple((source, sources[source]) for source in chosen),
             duplicate_ratio=_ratio(environ, "LOADTEST_DUPLICATE_RATIO", 0.1),
             out_of_order_ratio=_ratio(environ, "LOADTEST_OUT_OF_ORDER_RATIO", 0.1),
             rate_per_s=_number(environ, "LOADTEST_RATE", 40.0),

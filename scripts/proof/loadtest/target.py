@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from scripts.proof.loadtest.options import (
     LoadTestError,
     LoadTestOptions,
 )
-from shared.settings import Settings, load_settings, redact_url
+from shared.settings import Settings, SourceConfig, load_settings, redact_url
 
 __all__ = [
     "Endpoints",
@@ -86,9 +86,7 @@ def open_endpoints(
             env.pop("GATEWAY_SOURCES", None)
             env["GATEWAY_SOURCES_FILE"] = str(stack.sources_file)
         sources = load_settings(env).sources
-        source = options.source or next(iter(sources))
-        if source not in sources:
-            raise LoadTestError(f"--source {source!r} is not a configured source")
+        source = _mix(options.source, sources)
         yield Endpoints(
             api_url=stack.api_url,
             mongo_url=stack.mongo_url,
@@ -114,11 +112,26 @@ def open_endpoints(
                 if options.redis_url is None
                 else redact_url(options.redis_url),
                 "queue": settings.queue_name,
+                "traffic mix": traffic_mix(source, sources),
             },
         )
     finally:
         console.log("stopping the stack…")
         stack.stop()
+
+
+def _mix(chosen: str | None, sources: Mapping[str, SourceConfig]) -> str:
+    """The sources the load is spread over (comma-separated; default every configured one)."""
+    names = [name for name in (chosen or "").split(",") if name] or list(sources)
+    for name in names:
+        if name not in sources:
+            raise LoadTestError(f"--source {name!r} is not a configured source")
+    return ",".join(names)
+
+
+def traffic_mix(source: str, sources: Mapping[str, SourceConfig]) -> str:
+    """The mix as the report shows it: ``dev (standard), ups (ups), …``."""
+    return ", ".join(f"{name} ({sources[name].kind})" for name in source.split(","))
 
 
 def stack_pids(stack: Stack) -> dict[str, int]:
@@ -136,9 +149,7 @@ def target_endpoints(options: LoadTestOptions, settings: Settings) -> Endpoints:
             "--target needs the stack's sources to sign with: set GATEWAY_SOURCES_FILE "
             "(or source the stack.env that `gateway dev` wrote)"
         )
-    source = options.source or next(iter(settings.sources))
-    if source not in settings.sources:
-        raise LoadTestError(f"--source {source!r} is not a configured source")
+    source = _mix(options.source, settings.sources)
     mongo_url = options.mongo_url or settings.mongo_url
     redis_url = options.redis_url or settings.redis_url
     return Endpoints(
@@ -155,6 +166,7 @@ def target_endpoints(options: LoadTestOptions, settings: Settings) -> Endpoints:
             "mock downstream": options.mock_url or "none given (--mock-url): deliveries unchecked",
             "redis": redact_url(redis_url),
             "queue": settings.queue_name,
+            "traffic mix": traffic_mix(source, settings.sources),
         },
     )
 
