@@ -1,4 +1,4 @@
-"""The admin API (SPEC §3.2): ``/v1/admin/...`` behind a bearer token.
+"""The admin API (docs/contract.md §3.2): ``/v1/admin/...`` behind a bearer token.
 
 Routes (all answer JSON; errors are problem+json):
 

@@ -1,4 +1,4 @@
-"""``GET /health/live`` and ``GET /health/ready`` (SPEC §3.2).
+"""``GET /health/live`` and ``GET /health/ready`` (docs/contract.md §3.2).
 
 Liveness answers 200 while the process serves requests. Readiness asks Redis
 and MongoDB concurrently (Redis ``ROLE``, Mongo ``hello``), reporting the

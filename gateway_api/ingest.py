@@ -1,4 +1,4 @@
-"""``POST /v1/events/{source}``: verify, validate, enqueue (SPEC §3.1).
+"""``POST /v1/events/{source}``: verify, validate, enqueue (docs/contract.md §3.1).
 
 Checks run in the order the contract fixes, and the first failure answers:
 body size → content type → source → signature → JSON → schema, the last two

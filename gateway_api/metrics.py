@@ -1,4 +1,4 @@
-"""Prometheus metrics of one API app (SPEC §3.2), served at ``GET /metrics``.
+"""Prometheus metrics of one API app (docs/contract.md §3.2), served at ``GET /metrics``.
 
 Each app owns its :class:`~prometheus_client.CollectorRegistry`, so tests can
 build several apps side by side. Label values are bounded: ``route`` is the

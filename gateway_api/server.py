@@ -1,4 +1,4 @@
-"""``gateway api``: run one API server process from ``GATEWAY_*`` settings (SPEC §5).
+"""``gateway api``: run one API server process from ``GATEWAY_*`` settings (docs/contract.md §5).
 
 With ``GATEWAY_ADMIN_PORT`` set the process listens twice, in one event loop
 over the same clients: ``GATEWAY_PORT`` serves ingest, health and metrics;

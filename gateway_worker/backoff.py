@@ -1,4 +1,4 @@
-"""Full-jitter exponential backoff (SPEC §4), a pure function of its inputs.
+"""Full-jitter exponential backoff (docs/contract.md §4), a pure function of its inputs.
 
 ``delay = uniform(0, min(cap, base * multiplier ** (attempt - 1)))``, raised to
 a downstream's ``Retry-After`` when that is larger. The random source is an

@@ -1,4 +1,4 @@
-"""The one place that decides whether a failed attempt is retried (SPEC §4).
+"""The one place that decides whether a failed attempt is retried (docs/contract.md §4).
 
 Transient (retried with backoff until ``GATEWAY_MAX_ATTEMPTS``):
 MongoDB network/timeout/not-primary errors and server errors the server

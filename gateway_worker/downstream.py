@@ -1,4 +1,4 @@
-"""Delivery of shipment updates to ``GATEWAY_DOWNSTREAM_URL`` (SPEC §4 step 3).
+"""Delivery of shipment updates to ``GATEWAY_DOWNSTREAM_URL`` (docs/contract.md §4 step 3).
 
 One signed ``POST`` per processed event, Standard Webhooks scheme with
 ``webhook-id`` = the idempotency key, so the receiver can drop repeats: a

@@ -1,4 +1,4 @@
-"""The ``process_event`` job: SPEC §4 steps 1–4, retries and dead letters.
+"""The ``process_event`` job: docs/contract.md §4 steps 1–4, retries and dead letters.
 
 One run of a job:
 

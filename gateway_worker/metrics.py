@@ -1,4 +1,4 @@
-"""A worker's Prometheus metrics (SPEC §3.2), in a registry of its own.
+"""A worker's Prometheus metrics (docs/contract.md §3.2), in a registry of its own.
 
 Each worker process serves them on ``GATEWAY_WORKER_METRICS_PORT``
 (0 picks a free port, which is logged).

@@ -2,7 +2,7 @@
 
 :func:`build_worker_settings` returns the keyword arguments of
 :class:`arq.worker.Worker`; each choice absorbs one arq 0.28 behaviour
-(SPEC §4.2, ``docs/queues.md``):
+(docs/contract.md §4.2, ``docs/queues.md``):
 
 * ``max_tries`` = ``max_attempts`` + :data:`ARQ_MAX_TRIES_HEADROOM`: arq checks
   it *before* calling us and then fails the job without our dead-lettering,

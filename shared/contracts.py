@@ -1,6 +1,6 @@
 """Wire contracts shared by the API, the workers and the scripts.
 
-* :class:`CourierEvent` — the body a courier POSTs (SPEC §3.1), validated by
+* :class:`CourierEvent` — the body a courier POSTs (docs/contract.md §3.1), validated by
   msgspec while it is decoded.
 * :class:`QueuedEvent` — the job argument the API enqueues and a worker runs:
   the courier's body byte-exact, never re-encoded (``docs/contract.md §4.4``).
@@ -47,7 +47,7 @@ AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
 class EventType(enum.StrEnum):
-    """The shipment events a courier may send (SPEC §3.3)."""
+    """The shipment events a courier may send (docs/contract.md §3.3)."""
 
     CREATED = "shipment.created"
     PICKED_UP = "shipment.picked_up"
@@ -157,7 +157,7 @@ class QueuedEvent(Struct, frozen=True, kw_only=True):
 
 
 class ProblemCode(enum.StrEnum):
-    """Stable machine codes of problem+json answers (SPEC §3.1, §3.2)."""
+    """Stable machine codes of problem+json answers (docs/contract.md §3.1, §3.2)."""
 
     MALFORMED_JSON = "malformed_json"
     SIGNATURE_MISSING = "signature_missing"

@@ -210,7 +210,7 @@ class ErrorView(Struct, frozen=True):
 
 
 class AttemptView(Struct, frozen=True, kw_only=True):
-    """One failed attempt: SPEC §4.1 ``{attempt, at, code, message, transient, duration_ms}``."""
+    """One failed attempt: docs/contract.md §4.1 ``{attempt, at, code, message, transient, duration_ms}``."""
 
     attempt: int
     at: datetime

@@ -1,4 +1,4 @@
-"""The ``gateway`` console command (SPEC §5).
+"""The ``gateway`` console command (docs/contract.md §5).
 
 Subcommands live in their own modules and are imported only when invoked, so
 ``gateway sign`` does not pay for Locust and ``gateway worker`` does not import

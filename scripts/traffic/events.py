@@ -94,7 +94,7 @@ class PlannedEvent(Struct, frozen=True, kw_only=True):
     data: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def body(self) -> bytes:
-        """The JSON body a courier would POST (SPEC §3.1)."""
+        """The JSON body a courier would POST (docs/contract.md §3.1)."""
         event: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": self.event_type.value,

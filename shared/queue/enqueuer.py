@@ -1,7 +1,7 @@
 """The enqueuer: one Lua call per job, the calls of one event-loop turn in one pipeline.
 
 Two things differ from ``ArqRedis.enqueue_job``: the serializer is msgspec
-MessagePack, never pickle (SPEC §4.2); and one enqueue is one Lua call that
+MessagePack, never pickle (docs/contract.md §4.2); and one enqueue is one Lua call that
 checks the job and result keys and writes the job atomically, and the enqueues
 issued in one event-loop turn travel in one pipeline. arq's enqueue costs three
 round trips (WATCH, EXISTS, MULTI/EXEC) and answers ``None`` both for "exists"

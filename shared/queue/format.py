@@ -3,7 +3,7 @@
 Jobs are written in arq's own format (``arq:job:<id>`` holding
 ``{t, f, a, k, et}`` and the id in the queue's sorted set), so arq workers and
 ``arq.jobs.Job`` read them unchanged; the serializer is msgspec MessagePack,
-never pickle (SPEC §4.2).
+never pickle (docs/contract.md §4.2).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def redis_settings(
     """arq connection settings for ``url``.
 
     ``retries`` > 0 adds a redis-py retry policy with exponential backoff so a
-    worker rides out a Redis restart instead of exiting (SPEC §4.2); the API
+    worker rides out a Redis restart instead of exiting (docs/contract.md §4.2); the API
     passes 0 to fail fast and answer 503.
 
     With ``sentinels`` arq asks them for ``sentinel_master``'s address

@@ -1,6 +1,6 @@
 """``dead_letter_events``: one document per idempotency key that failed for good.
 
-Document (SPEC §4.1): ``_id`` and ``idempotency_key`` (both the key; the
+Document (docs/contract.md §4.1): ``_id`` and ``idempotency_key`` (both the key; the
 unique index on ``idempotency_key`` is created by ``gateway init-db``),
 ``source``, ``event_id``, ``shipment_id``, ``event_type``, ``event`` (the
 courier's body byte-exact: a string holding the original JSON text, or BSON

@@ -1,6 +1,6 @@
 """``processed_events``: one document per idempotency key, with a lease.
 
-The document is the worker pool's record of what happened to a key (SPEC §4.1)::
+The document is the worker pool's record of what happened to a key (docs/contract.md §4.1)::
 
     (absent) ──claim──▶ processing ──mark_succeeded──▶ succeeded
                           │  ▲   │
@@ -95,7 +95,7 @@ class AttemptRecord(Struct, frozen=True, kw_only=True):
         }
 
     def to_dead_letter_document(self) -> Document:
-        """The entry of a dead letter's ``attempts`` list (exactly SPEC §4.1's fields)."""
+        """The entry of a dead letter's ``attempts`` list (exactly docs/contract.md §4.1's fields)."""
         document = self.to_document()
         del document["retry_in_ms"]
         return document

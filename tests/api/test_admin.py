@@ -1,4 +1,4 @@
-"""The admin API (SPEC §3.2): bearer token, 404 when disabled, and every endpoint.
+"""The admin API (docs/contract.md §3.2): bearer token, 404 when disabled, and every endpoint.
 
 The app is the real one (``create_app``) on real Redis and MongoDB; replay
 jobs are run by the worker's ``EventProcessor`` in process and deliver to the

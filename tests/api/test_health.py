@@ -1,4 +1,4 @@
-"""GET /health/live and /health/ready (SPEC §3.2)."""
+"""GET /health/live and /health/ready (docs/contract.md §3.2)."""
 
 from __future__ import annotations
 

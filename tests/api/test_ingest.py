@@ -1,4 +1,4 @@
-"""POST /v1/events/{source}: the answers a courier gets when its event is good (SPEC §3.1)."""
+"""POST /v1/events/{source}: the answers a courier gets when its event is good (docs/contract.md §3.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /metrics: the API series of SPEC §3.2, one registry per app, bounded labels."""
+"""GET /metrics: the API series of docs/contract.md §3.2, one registry per app, bounded labels."""
 
 from __future__ import annotations
 

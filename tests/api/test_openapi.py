@@ -1,4 +1,4 @@
-"""OpenAPI at /schema/openapi.json and the docs UI at /schema (SPEC §3.2)."""
+"""OpenAPI at /schema/openapi.json and the docs UI at /schema (docs/contract.md §3.2)."""
 
 from __future__ import annotations
 

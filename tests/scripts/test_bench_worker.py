@@ -1,7 +1,7 @@
 """``gateway bench-worker``: real worker processes drain a pre-filled queue; numbers come out.
 
 Asserts that numbers were produced and that the happy path stays within
-SPEC §6's three MongoDB round trips per event — never how fast it was.
+docs/contract.md §6's three MongoDB round trips per event — never how fast it was.
 """
 
 from __future__ import annotations

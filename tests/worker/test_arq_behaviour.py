@@ -1,4 +1,4 @@
-"""Pins for the arq 0.28 behaviours of SPEC §4.2 that the worker must absorb.
+"""Pins for the arq 0.28 behaviours of docs/contract.md §4.2 that the worker must absorb.
 
 These run a real arq ``Worker`` in this process (burst mode) against the
 test's Redis, configured by ``build_worker_settings``; the process-level ones

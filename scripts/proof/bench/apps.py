@@ -9,7 +9,7 @@ difference between the two measurements is the application:
   builds it (settings from ``GATEWAY_*``, logging configured first), with its
   signature check, validation, metrics, logging and Redis enqueue on the path.
 - :func:`create_minimal_enqueue_app`: a calibration point between the two, the
-  "minimal handler" of SPEC §6's reference figures: decode the event and
+  "minimal handler" of docs/contract.md §6's reference figures: decode the event and
   enqueue it with the product's :class:`~shared.queue.Enqueuer` (one Lua call,
   enqueues of one loop turn in one pipeline), nothing else. Measure it with
   ``gateway bench-ingest --ingest-factory scripts.proof.bench.apps:create_minimal_enqueue_app``.

@@ -1,4 +1,4 @@
-"""What ``gateway chaos`` concludes: the invariants of SPEC §6, recovery times, the report.
+"""What ``gateway chaos`` concludes: the invariants of docs/contract.md §6, recovery times, the report.
 
 Everything here is pure: it reads what the run collected (:class:`Collected`
 — the couriers' answers, the faults as injected, MongoDB's documents, the

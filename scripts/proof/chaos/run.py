@@ -1,4 +1,4 @@
-"""``gateway chaos``: load plus injected faults, then the invariants of SPEC §6.
+"""``gateway chaos``: load plus injected faults, then the invariants of docs/contract.md §6.
 
 One command (``docs/reliability.md`` has the fault model and a real report):
 

@@ -102,7 +102,7 @@ def _verdict(criterion: Criterion) -> str:
 def loadtest_command(
     max_p95_ms: float, max_error_rate: float, min_recovery: float, **params: Any
 ) -> None:
-    """Load the gateway with Locust and judge the run against SPEC §6 (exit 1 on any miss).
+    """Load the gateway with Locust and judge the run against docs/contract.md §6 (exit 1 on any miss).
 
     Without --target it starts the whole stack here (mock downstream failing
     transiently --transient-rate of the time); with --target it loads a running

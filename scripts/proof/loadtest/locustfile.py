@@ -1,7 +1,7 @@
 """Locust users posting signed courier events to ``POST /v1/events/{source}``.
 
 Run it through ``gateway loadtest`` (which starts the stack, runs Locust
-headless and checks SPEC §6), or by hand from the repository root::
+headless and checks docs/contract.md §6), or by hand from the repository root::
 
     GATEWAY_SOURCES_FILE=sources.json LOADTEST_RATE=50 \\
         python -m locust -f scripts/proof/loadtest/locustfile.py --headless \\

@@ -1,4 +1,4 @@
-"""The load test's verdicts (SPEC §6, SC-001..SC-004), as pure functions of what a run collected.
+"""The load test's verdicts (docs/contract.md §6, SC-001..SC-004), as pure functions of what a run collected.
 
 ``gateway loadtest`` gathers the facts — Locust's statistics, one
 :class:`~scripts.proof.loadtest.records.SentRecord` per request, each accepted
@@ -59,7 +59,7 @@ TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 
 
 class Thresholds(Struct, frozen=True, kw_only=True):
-    """Pass/fail limits; defaults are SPEC §6's."""
+    """Pass/fail limits; defaults are docs/contract.md §6's."""
 
     max_p95_ms: float = 100.0
     max_error_rate: float = 0.0

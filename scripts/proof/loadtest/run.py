@@ -1,4 +1,4 @@
-"""``gateway loadtest``: a Locust run turned into a pass/fail report against SPEC §6.
+"""``gateway loadtest``: a Locust run turned into a pass/fail report against docs/contract.md §6.
 
 One command, in order:
 

@@ -1,4 +1,4 @@
-"""``gateway bench-ingest``: the ingest path against a bare Litestar endpoint (SPEC §6).
+"""``gateway bench-ingest``: the ingest path against a bare Litestar endpoint (docs/contract.md §6).
 
 One run serves two apps, one at a time, with the same uvicorn command line
 (:mod:`scripts.proof.bench.apps`): a bare endpoint answering 202, and the real
@@ -344,7 +344,7 @@ def _cpus(value: str | None) -> str | None:
 @output_option(None, "Directory for bench_ingest.json and the raw wrk outputs.")
 @click.option("--strict", is_flag=True, help="Exit 1 when the target is missed.")
 def bench_ingest_command(no_pin: bool, strict: bool, **params: Any) -> None:
-    """Benchmark the ingest endpoint against a bare Litestar endpoint (SPEC §6).
+    """Benchmark the ingest endpoint against a bare Litestar endpoint (docs/contract.md §6).
 
     Needs wrk (Debian: apt-get install -y wrk) and redis-server on PATH. By
     default the server has CPU 0 to itself and wrk and redis-server share
