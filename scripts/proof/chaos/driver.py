@@ -162,6 +162,10 @@ class ChaosDriver:
         self._resends: list[Resend] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._late = 0
+        # Requests wait here, not in httpcore's pool: with many requests queued in the
+        # pool (an API slowed by a fault), httpcore 1.0 spends its CPU re-scanning
+        # them and the driver stops sending (seen in the Sentinel failover run).
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     @property
     def events(self) -> list[SentEvent]:
@@ -170,7 +174,7 @@ class ChaosDriver:
 
     async def run(self, stop: asyncio.Event) -> DriverResult:
         """Send until ``stop`` is set, then wait for every event's final answer."""
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        limits = httpx.Limits(max_connections=_MAX_IN_FLIGHT, max_keepalive_connections=50)
         async with httpx.AsyncClient(
             base_url=self.api_url, timeout=self.request_timeout_s, limits=limits
         ) as client:
@@ -254,7 +258,8 @@ class ChaosDriver:
         headers["content-type"] = "application/json"
         sent_at = time.time()
         try:
-            response = await client.post(f"/v1/events/{source}", content=body, headers=headers)
+            async with self._in_flight:
+                response = await client.post(f"/v1/events/{source}", content=body, headers=headers)
         except httpx.HTTPError as exc:
             return Answer(sent_at=sent_at, at=time.time(), error=type(exc).__name__)
         retry_after = response.headers.get("retry-after", "")
@@ -264,6 +269,9 @@ class ChaosDriver:
             status=response.status_code,
             retry_after_s=float(retry_after) if retry_after.isdigit() else None,
         )
+
+
+_MAX_IN_FLIGHT = 200
 
 
 def _retryable(status: int) -> bool:
