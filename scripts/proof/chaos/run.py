@@ -532,12 +532,13 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
         },
         "redis_appendfsync": "always" if options.redis_crash else "everysec",
         "redis_topology": options.redis_topology,
-        "ack_replicas": int(
-            env.get("GATEWAY_ACK_REPLICAS") or os.environ.get("GATEWAY_ACK_REPLICAS") or 0
-        ),
         "shutdown_grace_s": SHUTDOWN_GRACE_S,
         "supervisor_restart_delay_s": RESTART_DELAY_S,
         **{k.removeprefix("GATEWAY_").lower(): v for k, v in options.settings_env.items()},
+        # After the --set values, which are strings: the number the run used.
+        "ack_replicas": int(
+            env.get("GATEWAY_ACK_REPLICAS") or os.environ.get("GATEWAY_ACK_REPLICAS") or 0
+        ),
         "load_started_at": run.origin,
     }
     config.pop("output", None)
