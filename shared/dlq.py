@@ -210,7 +210,10 @@ class ErrorView(Struct, frozen=True):
 
 
 class AttemptView(Struct, frozen=True, kw_only=True):
-    """One failed attempt: docs/contract.md §4.1 ``{attempt, at, code, message, transient, duration_ms}``."""
+    """One failed attempt, with docs/contract.md §4.1's fields.
+
+    ``{attempt, at, code, message, transient, duration_ms}``.
+    """
 
     attempt: int
     at: datetime

@@ -1,4 +1,6 @@
-"""``gateway dlq list|show|replay|discard``: the on-call engineer's dead-letter tool (docs/contract.md §5).
+"""``gateway dlq list|show|replay|discard``: the on-call engineer's dead-letter tool.
+
+The command is part of the contract (docs/contract.md §5).
 
 A thin shell over :class:`shared.dlq.DeadLetterService` (the admin API uses
 the same service). Tables and the progress bar are drawn with rich; ``--json``

@@ -95,7 +95,7 @@ class AttemptRecord(Struct, frozen=True, kw_only=True):
         }
 
     def to_dead_letter_document(self) -> Document:
-        """The entry of a dead letter's ``attempts`` list (exactly docs/contract.md §4.1's fields)."""
+        """The entry of a dead letter's ``attempts`` list (docs/contract.md §4.1's fields)."""
         document = self.to_document()
         del document["retry_in_ms"]
         return document

@@ -1,4 +1,7 @@
-"""POST /v1/events/{source}: the answers a courier gets when its event is good (docs/contract.md §3.1)."""
+"""POST /v1/events/{source}: the answers a courier gets when its event is good.
+
+The contract is docs/contract.md §3.1.
+"""
 
 from __future__ import annotations
 

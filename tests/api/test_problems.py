@@ -1,4 +1,4 @@
-"""Every error row of the docs/contract.md §3.1 table, the order of the checks, and the problem format."""
+"""Every error row of the docs/contract.md §3.1 table, the check order, the problem format."""
 
 from __future__ import annotations
 

@@ -76,7 +76,9 @@ async def test_first_request_after_a_redis_restart_succeeds(
 async def test_resubmission_while_redis_is_down_is_503_not_a_guessed_duplicate(
     client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:
-    """arq's enqueue_job answers None for "exists" and for a lost connection alike (docs/contract.md §4.2).
+    """arq's enqueue_job answers None for "exists" and for a lost connection alike.
+
+    (docs/contract.md §4.2.)
 
     Our enqueue answers only "stored" or "exists" from Redis itself; any doubt is 503.
     """

@@ -1,4 +1,4 @@
-"""One classifier decides, for every kind of failure in docs/contract.md §4, whether it is retried."""
+"""One classifier decides, for every failure kind of docs/contract.md §4, if it is retried."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""``gateway bench-worker``: worker capacity — events/s for 1, 2, 4 worker processes (docs/contract.md §6).
+"""``gateway bench-worker``: worker capacity — events/s for 1, 2, 4 worker processes.
+
+The targets are those of docs/contract.md §6.
 
 Each round runs on a fresh queue and a fresh database (the embedded
 MongoDB-wire server is restarted; a given MongoDB gets a new database that is

@@ -1,4 +1,6 @@
-"""What ``gateway chaos`` concludes: the invariants of docs/contract.md §6, recovery times, the report.
+"""What ``gateway chaos`` concludes: the invariants, recovery times, the report.
+
+The invariants are those of docs/contract.md §6.
 
 Everything here is pure: it reads what the run collected (:class:`Collected`
 — the couriers' answers, the faults as injected, MongoDB's documents, the

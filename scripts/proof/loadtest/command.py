@@ -102,7 +102,9 @@ def _verdict(criterion: Criterion) -> str:
 def loadtest_command(
     max_p95_ms: float, max_error_rate: float, min_recovery: float, **params: Any
 ) -> None:
-    """Load the gateway with Locust and judge the run against docs/contract.md §6 (exit 1 on any miss).
+    """Load the gateway with Locust and judge the run (exit 1 on any miss).
+
+    The thresholds are those of docs/contract.md §6.
 
     Without --target it starts the whole stack here (mock downstream failing
     transiently --transient-rate of the time); with --target it loads a running

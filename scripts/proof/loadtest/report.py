@@ -1,4 +1,6 @@
-"""The load test's verdicts (docs/contract.md §6, SC-001..SC-004), as pure functions of what a run collected.
+"""The load test's verdicts, as pure functions of what a run collected.
+
+The criteria are docs/contract.md §6's (SC-001..SC-004).
 
 ``gateway loadtest`` gathers the facts — Locust's statistics, one
 :class:`~scripts.proof.loadtest.records.SentRecord` per request, each accepted
