@@ -10,7 +10,7 @@ import sys
 import click
 from redis.exceptions import RedisError
 
-from gateway_worker.worker import GatewayWorker, build_worker_settings
+from gateway_worker.worker import build_worker_settings, run_worker
 from shared.logging import configure_logging
 from shared.queue import client_for, close_client, worker_health_key
 from shared.settings import Settings, mongo_write_concern_w, settings_from_env
@@ -33,14 +33,7 @@ def worker_command() -> None:
     if settings.log_level != "DEBUG":
         # arq logs two lines per job (with its arguments); ours carry the same facts.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    # arq's Worker binds to the current event loop when it is built.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        GatewayWorker(**build_worker_settings(settings)).run()
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
+    run_worker(build_worker_settings(settings))
 
 
 @click.command("worker-health")

@@ -60,6 +60,7 @@ __all__ = [
     "build_worker_settings",
     "default_worker_id",
     "process_event",
+    "run_worker",
 ]
 
 ARQ_MAX_TRIES_HEADROOM: Final = 250
@@ -103,6 +104,21 @@ class GatewayWorker(Worker):
                 self.sem.release()
                 log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
                 return
+
+
+def run_worker(options: dict[str, Any]) -> None:
+    """Run a :class:`GatewayWorker` built from ``options`` until it stops (SIGTERM, SIGINT).
+
+    arq's worker binds to the current event loop when it is built, so the loop
+    is made first and closed after.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        GatewayWorker(**options).run()
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_benchmark_events_are_whole_lifecycles_with_unique_keys() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_measures_each_worker_count_and_three_round_trips_per_event(
+def test_tiny_benchmark_measures_each_worker_count_the_arq_floor_and_three_round_trips(
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "bench"
@@ -51,16 +51,28 @@ def test_tiny_benchmark_measures_each_worker_count_and_three_round_trips_per_eve
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads((output / "bench-worker.json").read_text())
     assert [r["workers"] for r in report["rounds"]] == [1, 2]
-    for measured in report["rounds"]:
+    for measured in [*report["rounds"], report["arq_floor"]]:
         assert measured["events"] == 100
         assert measured["events_per_s"] > 0
         assert measured["events_per_s_per_worker"] > 0
         assert measured["worker_cpu_ms_per_event"] > 0
+        # Each job is claimed (WATCH … EXEC) and finished (MULTI … EXEC) by arq.
+        assert measured["redis_commands"]["watch"] >= 1
+        assert measured["redis_commands"]["exec"] >= 2
+    # The floor's job does nothing: it neither publishes nor touches a store.
+    assert "publish" not in report["arq_floor"]["redis_commands"]
+    assert report["arq_floor"]["store_cpu_pct"] is None
     trips = report["round_trips"]
     assert trips["sample"] == 10
     assert trips["max_per_event"] <= 3
     assert trips["by_command"] == {"findAndModify": 20, "update": 10}
     assert ("mongoeco" in report["store"]) == (not real_mongo)
     markdown = (output / "bench-worker.md").read_text()
-    assert [row[0] for row in table_rows(markdown)] == ["worker processes", "1", "2"]
+    assert [row[0] for row in table_rows(markdown)] == [
+        "worker processes",
+        "1",
+        "2",
+        "arq floor (1, no-op job)",
+    ]
+    assert "arq floor" in result.stdout
     assert "events/s" in result.stdout

@@ -1,6 +1,7 @@
-"""``gateway bench-worker``: worker capacity — events/s for 1, 2, 4 worker processes.
+"""``gateway bench-worker``: worker CPU per event, events/s, and arq's own floor.
 
-The targets are those of docs/contract.md §6.
+The targets are those of docs/contract.md §6 (≤ 1.0 ms of worker CPU per
+event with one worker, ≤ 3 MongoDB round trips per event).
 
 Each round runs on a fresh queue and a fresh database (the embedded
 MongoDB-wire server is restarted; a given MongoDB gets a new database that is
@@ -14,11 +15,19 @@ dropped afterwards):
 3. time until the queue is empty, then check every event ``succeeded``.
 
 It reports events/s per configuration and per worker process, the CPU the
-workers, the store and Redis used per event, and MongoDB round trips per event
-counted with PyMongo command monitoring on a sample of events run in process
-through the worker's own :class:`~gateway_worker.jobs.EventProcessor` (no
-worker code changed, no debug flag). No downstream is configured: this
-measures the worker and its store, not a receiver.
+workers (psutil: the processes' own user + system time), the store and Redis
+used per event, the Redis commands the workers sent per event (Redis's
+``INFO commandstats`` less what the benchmark itself sent), and MongoDB round
+trips per event counted with PyMongo command monitoring on a sample of events
+run in process through the worker's own
+:class:`~gateway_worker.jobs.EventProcessor` (no worker code changed, no debug
+flag). No downstream is configured: this measures the worker and its store,
+not a receiver.
+
+**The arq floor**: one more round drains the same events with one
+:mod:`scripts.proof.bench.worker_floor` process — the worker's own settings
+and run path with a job function that does nothing — so what the queue
+machinery costs, and what our job adds above it, are numbers.
 
 The store is named in the output: ``mongoeco`` (the embedded, in-memory
 MongoDB-wire emulation, one Python process — started here unless
@@ -39,10 +48,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 import click
 import msgspec
@@ -61,7 +70,7 @@ from scripts.proof.bench.worker_report import (
     render_console,
     render_markdown,
 )
-from scripts.proof.options import mongo_url_option, output_option
+from scripts.proof.options import Decorator, mongo_url_option, output_option
 from scripts.proof.probes import CommandCounter, cpu_seconds, describe_store
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
@@ -84,6 +93,8 @@ __all__ = [
 
 SOURCE: Final = "bench"
 QUEUE_NAME: Final = "gateway:bench-worker"
+WORKER_MODULE: Final = "scripts.commands.cli worker"
+FLOOR_MODULE: Final = "scripts.proof.bench.worker_floor"
 
 
 class BenchWorkerError(Exception):
@@ -169,27 +180,20 @@ async def count_round_trips(
     )
 
 
+@dataclass
 class _Round:
     """One configuration's processes and measurements."""
 
-    def __init__(
-        self,
-        options: BenchWorkerOptions,
-        *,
-        workers: int,
-        redis_url: str,
-        mongo_url: str,
-        db_name: str,
-        log_dir: Path,
-    ) -> None:
-        self.options = options
-        self.workers = workers
-        self.redis_url = redis_url
-        self.mongo_url = mongo_url
-        self.db_name = db_name
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self._logs: list[IO[bytes]] = []
+    options: BenchWorkerOptions
+    workers: int
+    redis_url: str
+    mongo_url: str
+    db_name: str
+    log_dir: Path
+    module: str = WORKER_MODULE
+    """What each process runs (``python -m module``): the worker, or the arq floor."""
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
 
     def env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
@@ -210,17 +214,21 @@ class _Round:
             env["GATEWAY_WORKER_POLL_DELAY_S"] = f"{self.options.poll_delay_s:g}"
         return env
 
+    @property
+    def name(self) -> str:
+        return "floor" if self.module == FLOOR_MODULE else f"{self.workers}w"
+
     def worker_id(self, index: int) -> str:
-        return f"bench-{self.workers}w-{index + 1}"
+        return f"bench-{self.name}-{index + 1}"
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for index in range(self.workers):
-            log = (self.log_dir / f"{self.workers}w-worker-{index + 1}.log").open("wb")
+            log = (self.log_dir / f"{self.name}-worker-{index + 1}.log").open("wb")
             self._logs.append(log)
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "scripts.commands.cli", "worker"],
+                    [sys.executable, "-m", *self.module.split()],
                     env=self.env(index),
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -261,6 +269,8 @@ async def _prefill(redis_url: str, events: Sequence[QueuedEvent]) -> None:
     try:
         enqueuer = Enqueuer(pool, QUEUE_NAME)
         try:
+            # Loaded first: otherwise every enqueue of the pipeline meets NOSCRIPT once.
+            await enqueuer.load_script()
             stored = await asyncio.gather(*(enqueuer.enqueue(e.idempotency_key, e) for e in events))
         finally:
             await enqueuer.close()
@@ -302,73 +312,126 @@ def _store(options: BenchWorkerOptions, log_dir: Path) -> Iterator[tuple[str, in
         log.close()
 
 
+class _Drain(NamedTuple):
+    seconds: float
+    worker_cpu_s: float
+    store_cpu_s: float
+    redis_cpu_s: float
+    redis_commands: Counter[str]
+    """Commands the workers sent (Redis's count less the benchmark's own)."""
+
+
+def _drain(
+    bench: _Round, client: redis.Redis, events: Sequence[QueuedEvent], pids: tuple[int | None, ...]
+) -> _Drain:
+    """Enqueue ``events`` for the polling workers; measure until the queue is empty."""
+    store_pid, redis_pid = pids
+    cpu_before = (bench.cpu_s(), cpu_seconds(store_pid), cpu_seconds(redis_pid))
+    calls_before = _command_calls(client)
+    started = time.perf_counter()
+    asyncio.run(_prefill(bench.redis_url, events))
+    polls = 0
+    while client.zcard(QUEUE_NAME):
+        polls += 1
+        if any(p.poll() is not None for p in bench.processes):
+            raise BenchWorkerError(f"a worker died during the drain ({bench.log_dir})")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    worker_cpu = bench.cpu_s() - cpu_before[0]
+    store_cpu, redis_cpu = (cpu_seconds(pid) - cpu_before[i + 1] for i, pid in enumerate(pids))
+    commands = _command_calls(client) - calls_before
+    # The benchmark's own: one enqueue script per event (and the commands it
+    # calls, counted too), its SCRIPT LOAD, the ZCARD polls, one INFO.
+    ours = Counter({name: len(events) for name in ("evalsha", "exists", "psetex", "zadd")})
+    ours.update({"zcard": polls + 1, "info": 1, "script|load": 1})
+    return _Drain(seconds, worker_cpu, store_cpu, redis_cpu, commands - ours)
+
+
+def _command_calls(client: redis.Redis) -> Counter[str]:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+    return Counter({name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()})
+
+
 def _one_round(
     options: BenchWorkerOptions,
     workers: int,
     redis_server: RedisServer,
     workdir: Path,
     console: Console,
+    *,
+    module: str = WORKER_MODULE,
 ) -> RoundResult:
     tag = uuid.uuid4().hex[:6]
     db_name = f"bench_worker_{tag}"
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     events = make_events(options.events, seed=options.seed, prefix=f"bw{tag}")
-    with _store(options, workdir) as (mongo_url, store_pid):
-        asyncio.run(_ensure_indexes(mongo_url, db_name))
+    floor = module == FLOOR_MODULE
+    # The floor's job never touches MongoDB: no store to start.
+    store = contextlib.nullcontext(("mongodb://unused", None)) if floor else None
+    with store or _store(options, workdir) as (mongo_url, store_pid):
+        if not floor:
+            asyncio.run(_ensure_indexes(mongo_url, db_name))
         bench = _Round(
-            options,
-            workers=workers,
-            redis_url=redis_server.url,
-            mongo_url=mongo_url,
-            db_name=db_name,
-            log_dir=workdir / "logs",
+            options, workers, redis_server.url, mongo_url, db_name, workdir / "logs", module
         )
         try:
             bench.start()
             bench.wait_ready(client)
             redis_pid = redis_server.process.pid if redis_server.process else None
-            cpu_before = (bench.cpu_s(), cpu_seconds(store_pid), cpu_seconds(redis_pid))
-            started = time.perf_counter()
-            asyncio.run(_prefill(redis_server.url, events))
-            while client.zcard(QUEUE_NAME):
-                if any(p.poll() is not None for p in bench.processes):
-                    raise BenchWorkerError(f"a worker died during the drain ({workdir / 'logs'})")
-                time.sleep(0.02)
-            drain_s = time.perf_counter() - started
-            worker_cpu = bench.cpu_s() - cpu_before[0]
-            store_cpu = cpu_seconds(store_pid) - cpu_before[1]
-            redis_cpu = cpu_seconds(redis_pid) - cpu_before[2]
+            drain = _drain(bench, client, events, (store_pid, redis_pid))
+            results = sum(1 for _ in client.scan_iter(match="arq:result:*", count=1000))
         finally:
             bench.stop()
             client.close()
-        mongo: MongoClient[Document] = MongoClient(mongo_url, serverSelectionTimeoutMS=10_000)
-        with mongo:
-            succeeded = mongo[db_name]["processed_events"].count_documents({"status": "succeeded"})
-            mongo.drop_database(db_name)
+        succeeded = results if floor else _succeeded(mongo_url, db_name)
     if succeeded != options.events:
-        raise BenchWorkerError(f"{workers} workers: {succeeded}/{options.events} events succeeded")
-    result = RoundResult(
-        workers=workers,
-        events=options.events,
-        drain_s=round(drain_s, 2),
-        events_per_s=round(options.events / drain_s, 1),
-        events_per_s_per_worker=round(options.events / drain_s / workers, 1),
-        worker_cpu_ms_per_event=round(1000 * worker_cpu / options.events, 2),
-        worker_cpu_pct=round(100 * worker_cpu / drain_s, 1),
-        store_cpu_ms_per_event=round(1000 * store_cpu / options.events, 2) if store_pid else None,
-        store_cpu_pct=round(100 * store_cpu / drain_s, 1) if store_pid else None,
-        redis_cpu_pct=round(100 * redis_cpu / drain_s, 1),
-    )
+        raise BenchWorkerError(f"{bench.name}: {succeeded}/{options.events} events succeeded")
+    result = _result(workers, options.events, drain, store_measured=store_pid is not None)
+    what = "arq floor (no-op job)" if floor else f"{workers} worker(s)"
     console.log(
-        f"{workers} worker(s): {options.events} events in {result.drain_s} s → "
-        f"{result.events_per_s} events/s ({result.events_per_s_per_worker} per process)"
+        f"{what}: {options.events} events in {result.drain_s} s → {result.events_per_s} "
+        f"events/s, {result.worker_cpu_ms_per_event} ms worker CPU per event, "
+        f"{result.redis_commands_per_event} Redis commands per event"
     )
     return result
 
 
+def _succeeded(mongo_url: str, db_name: str) -> int:
+    mongo: MongoClient[Document] = MongoClient(mongo_url, serverSelectionTimeoutMS=10_000)
+    with mongo:
+        succeeded = mongo[db_name]["processed_events"].count_documents({"status": "succeeded"})
+        mongo.drop_database(db_name)
+    return succeeded
+
+
+def _result(workers: int, events: int, drain: _Drain, *, store_measured: bool) -> RoundResult:
+    def per_event_ms(cpu_s: float) -> float:
+        return round(1000 * cpu_s / events, 3)
+
+    def pct(cpu_s: float) -> float:
+        return round(100 * cpu_s / drain.seconds, 1)
+
+    return RoundResult(
+        workers=workers,
+        events=events,
+        drain_s=round(drain.seconds, 2),
+        events_per_s=round(events / drain.seconds, 1),
+        events_per_s_per_worker=round(events / drain.seconds / workers, 1),
+        worker_cpu_ms_per_event=per_event_ms(drain.worker_cpu_s),
+        worker_cpu_pct=pct(drain.worker_cpu_s),
+        store_cpu_ms_per_event=per_event_ms(drain.store_cpu_s) if store_measured else None,
+        store_cpu_pct=pct(drain.store_cpu_s) if store_measured else None,
+        redis_cpu_pct=pct(drain.redis_cpu_s),
+        redis_commands_per_event=round(drain.redis_commands.total() / events, 2),
+        redis_commands={
+            name: round(calls / events, 2) for name, calls in drain.redis_commands.most_common()
+        },
+    )
+
+
 def bench_worker(options: BenchWorkerOptions, console: Console | None = None) -> BenchWorkerReport:
-    """Run every configuration and the round-trip count; write and return the report."""
+    """Run every configuration, the arq floor and the round-trip count; write the report."""
     console = console or Console(stderr=True)
     options.output.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
@@ -391,6 +454,7 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
         except ServiceError as exc:
             raise BenchWorkerError(str(exc)) from exc
         try:
+            floor = _one_round(options, 1, redis_server, workdir, console, module=FLOOR_MODULE)
             rounds = [
                 _one_round(options, n, redis_server, workdir, console) for n in options.workers
             ]
@@ -410,6 +474,7 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
         if options.poll_delay_s is not None
         else Settings().worker_poll_delay_s,
         rounds=rounds,
+        arq_floor=floor,
         round_trips=round_trips,
         machine={"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     )
@@ -445,8 +510,12 @@ def _worker_counts(value: str) -> tuple[int, ...]:
     return counts
 
 
+def _count_option(flag: str, default: int, help: str | None = None) -> Decorator:
+    return click.option(flag, type=click.IntRange(1), default=default, show_default=True, help=help)
+
+
 @click.command("bench-worker")
-@click.option("--events", type=click.IntRange(1), default=2000, show_default=True)
+@_count_option("--events", 2000)
 @click.option(
     "--workers",
     default="1,2,4",
@@ -454,33 +523,22 @@ def _worker_counts(value: str) -> tuple[int, ...]:
     callback=lambda _ctx, _param, value: _worker_counts(value),
     help="Worker process counts to measure.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1),
-    default=20,
-    show_default=True,
-    help="Jobs per worker process (GATEWAY_WORKER_CONCURRENCY).",
-)
+@_count_option("--concurrency", 20, "Jobs per worker process (GATEWAY_WORKER_CONCURRENCY).")
 @mongo_url_option(
     "Measure this MongoDB (a fresh database per round, dropped after) instead of mongoeco."
 )
-@click.option(
-    "--sample",
-    type=click.IntRange(1),
-    default=50,
-    show_default=True,
-    help="Events whose MongoDB round trips are counted.",
-)
+@_count_option("--sample", 50, "Events whose MongoDB round trips are counted.")
 @click.option(
     "--poll-delay",
     "poll_delay_s",
     type=click.FloatRange(0, min_open=True),
     default=None,
-    help="Workers' GATEWAY_WORKER_POLL_DELAY_S (default: the product default, 0.5).",
+    help="Workers' GATEWAY_WORKER_POLL_DELAY_S (default: the product's default).",
 )
 @output_option(Path("bench-worker-report"))
 def bench_worker_command(**params: Any) -> None:
-    """Events/s of 1, 2 and 4 workers draining a pre-filled queue; MongoDB round trips/event."""
+    """Worker CPU per event and events/s of 1, 2 and 4 workers draining a pre-filled queue,
+    against arq's floor (a no-op job); Redis commands and MongoDB round trips per event."""
     # The round-trip sample runs the worker's processor in this process: keep its
     # per-job INFO lines out of the benchmark's output.
     configure_logging("WARNING", "console", process="bench-worker")

@@ -29,6 +29,10 @@ class RoundResult(Struct, frozen=True, kw_only=True):
     store_cpu_pct: float | None
     """The embedded store's process (``None`` for a MongoDB not started here)."""
     redis_cpu_pct: float
+    redis_commands_per_event: float
+    """Commands the workers sent to Redis per event (each command of a MULTI counts)."""
+    redis_commands: dict[str, float]
+    """The same by command name, most frequent first."""
 
 
 class RoundTrips(Struct, frozen=True, kw_only=True):
@@ -50,12 +54,14 @@ class BenchWorkerReport(Struct, kw_only=True):
     concurrency: int
     poll_delay_s: float
     rounds: list[RoundResult]
+    arq_floor: RoundResult
+    """One worker process whose job does nothing (``scripts.proof.bench.worker_floor``)."""
     round_trips: RoundTrips
     machine: dict[str, Any]
 
 
 def render_markdown(report: BenchWorkerReport) -> str:
-    """``bench-worker.md``: the capacity table and the round-trip count."""
+    """``bench-worker.md``: the capacity table, the arq floor and the round-trip count."""
     trips = report.round_trips
     lines = [
         "# Worker capacity",
@@ -70,23 +76,23 @@ def render_markdown(report: BenchWorkerReport) -> str:
     ]
     headers = (
         "worker processes", "drain s", "events/s", "events/s per process",
-        "worker CPU ms/event", "workers' CPU %", "store CPU ms/event", "store CPU %",
-        "redis CPU %",
+        "worker CPU ms/event", "workers' CPU %", "Redis commands/event", "store CPU ms/event",
+        "store CPU %", "redis CPU %",
     )  # fmt: skip
-    rows = []
-    for r in report.rounds:
-        store_ms = "n/a" if r.store_cpu_ms_per_event is None else f"{r.store_cpu_ms_per_event:g}"
-        store_pct = "n/a" if r.store_cpu_pct is None else f"{r.store_cpu_pct:g}"
-        measured = (r.drain_s, r.events_per_s, r.events_per_s_per_worker)
-        cpu = (r.worker_cpu_ms_per_event, r.worker_cpu_pct)
-        rows.append(
-            (r.workers, *(f"{v:g}" for v in (*measured, *cpu)), store_ms, store_pct,
-             f"{r.redis_cpu_pct:g}")
-        )  # fmt: skip
+    rows = [_row(str(r.workers), r) for r in report.rounds]
+    rows.append(_row("arq floor (1, no-op job)", report.arq_floor))
     lines += table(headers, rows)
     lines += [
         "",
-        "CPU % is of one core (100 = one core busy for the whole drain).",
+        "CPU % is of one core (100 = one core busy for the whole drain). Worker CPU is the "
+        "worker processes' own user + system time (psutil) during the drain.",
+        "",
+        *_floor_lines(report),
+        "",
+        "Redis commands per event, by command (one worker process; the arq floor): "
+        + _commands(report.rounds[0])
+        + "; floor: "
+        + _commands(report.arq_floor),
         "",
         f"MongoDB round trips per event (happy path, PyMongo command monitoring, "
         f"{trips.sample} events run one by one through the worker's EventProcessor): "
@@ -97,19 +103,66 @@ def render_markdown(report: BenchWorkerReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row(label: str, r: RoundResult) -> tuple[str, ...]:
+    measured = (r.drain_s, r.events_per_s, r.events_per_s_per_worker)
+    cpu = (r.worker_cpu_ms_per_event, r.worker_cpu_pct, r.redis_commands_per_event)
+    store_ms = "n/a" if r.store_cpu_ms_per_event is None else f"{r.store_cpu_ms_per_event:g}"
+    store_pct = "n/a" if r.store_cpu_pct is None else f"{r.store_cpu_pct:g}"
+    return (
+        label,
+        *(f"{v:g}" for v in (*measured, *cpu)),
+        store_ms,
+        store_pct,
+        f"{r.redis_cpu_pct:g}",
+    )
+
+
+def _commands(r: RoundResult) -> str:
+    return ", ".join(f"{name} {n:g}" for name, n in r.redis_commands.items())
+
+
+def _floor_lines(report: BenchWorkerReport) -> list[str]:
+    floor = report.arq_floor.worker_cpu_ms_per_event
+    one = next((r for r in report.rounds if r.workers == 1), None)
+    lines = [
+        f"arq floor: **{floor:g} ms** of worker CPU per job for a job that does nothing, on the "
+        "worker's own settings and run path."
+    ]
+    if one is not None:
+        ours = one.worker_cpu_ms_per_event
+        lines[0] += (
+            f" One worker: **{ours:g} ms** per event (target ≤ 1.0), of which "
+            f"{ours - floor:.2f} ms is ours above the floor."
+        )
+        lines += [
+            "",
+            f"Estimate, not a measurement: against a store that keeps up, one worker process "
+            f"on one core would reach about **{1000 / ours:,.0f} events/s** (1000 / CPU ms per "
+            f"event); the floor alone would allow about {1000 / floor:,.0f} jobs/s.",
+        ]
+    return lines
+
+
 def render_console(report: BenchWorkerReport, console: Console) -> None:
     table = Table(title=f"Worker capacity — {report.store}")
-    for column in ("workers", "events/s", "per process", "worker CPU ms/event", "store CPU %"):
+    columns = ("workers", "events/s", "per process", "worker CPU ms/event", "Redis cmd/event")
+    for column in (*columns, "store CPU %"):
         table.add_column(column, justify="right")
-    for r in report.rounds:
+    for label, r in [
+        *((str(r.workers), r) for r in report.rounds),
+        ("arq floor", report.arq_floor),
+    ]:
         table.add_row(
-            str(r.workers),
+            label,
             f"{r.events_per_s:g}",
             f"{r.events_per_s_per_worker:g}",
             f"{r.worker_cpu_ms_per_event:g}",
+            f"{r.redis_commands_per_event:g}",
             "n/a" if r.store_cpu_pct is None else f"{r.store_cpu_pct:g}",
         )
     console.print(table)
+    for line in _floor_lines(report):
+        console.print(line.replace("**", ""))
     console.print(
         f"MongoDB round trips per event: {report.round_trips.per_event:g} "
         f"(max {report.round_trips.max_per_event}, target ≤ 3)"
