@@ -84,7 +84,8 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
 
 
 class GatewayWorker(Worker):
-    """arq's worker, surviving a connection lost while it claims a job.
+    """arq's worker, surviving a connection lost while it claims a job, and not
+    re-checking the jobs it runs itself.
 
     arq claims a job under ``WATCH``; a connection lost there (a Redis
     failover, docs/contract.md §4.5) surfaces from redis-py as
@@ -93,10 +94,18 @@ class GatewayWorker(Worker):
     the claim that was being made is undone (counter and semaphore, exactly
     as arq does for a job it skips) and the next poll, on a new connection to
     the current primary, claims the job again.
+
+    A running job stays in the queue until it ends, so every poll lists this
+    worker's own running jobs first; arq would spend four Redis round trips on
+    each to find its in-progress key. They are skipped here, before arq's claim
+    (the jobs of other workers still get arq's full check).
     """
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
+            running = self.tasks.get(job_id.decode())
+            if running is not None and not running.done():
+                continue
             try:
                 await super().start_jobs([job_id])
             except (WatchError, RedisConnectionError) as exc:
