@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import httpx
 import structlog
+import uvloop
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -118,10 +119,12 @@ class GatewayWorker(Worker):
 def run_worker(options: dict[str, Any]) -> None:
     """Run a :class:`GatewayWorker` built from ``options`` until it stops (SIGTERM, SIGINT).
 
-    arq's worker binds to the current event loop when it is built, so the loop
-    is made first and closed after.
+    On uvloop, as the API: a worker's time is mostly small Redis and MongoDB
+    exchanges, and the standard loop's socket writes and callbacks cost more per
+    event than arq itself (docs/profiles/worker-before.md). arq's worker binds to
+    the current event loop when it is built, so the loop is made first.
     """
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         GatewayWorker(**options).run()
