@@ -39,6 +39,7 @@ from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
+from gateway_worker.announce import StatusPublisher
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import MetricsServer, WorkerMetrics
@@ -205,6 +206,9 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
         _sample_queue_depth(redis, settings, metrics), name="queue-depth-sampler"
     )
     stack.push_async_callback(_cancel, sampler)
+    publisher = StatusPublisher(redis)
+    publisher.start()
+    stack.push_async_callback(publisher.stop)
 
     ctx["processor"] = EventProcessor(
         db=mongo[settings.mongo_db],
@@ -212,7 +216,7 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
         worker_id=worker_id,
         metrics=metrics,
         downstream=downstream,
-        publish=redis.publish,
+        publish=publisher.publish,
     )
     log.info(
         "worker.started",
