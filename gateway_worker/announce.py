@@ -13,7 +13,6 @@ dropped — a lost notice only delays a page until its next poll.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Final
 
 import structlog
@@ -31,14 +30,13 @@ log = structlog.get_logger("gateway_worker")
 
 
 class StatusPublisher:
-    """Queues status changes and PUBLISHes them from a background task, batched."""
+    """Queues status changes; :meth:`run`, a background task, PUBLISHes them in batches."""
 
     def __init__(self, redis: Redis, *, linger_s: float = LINGER_S) -> None:
         self._redis = redis
         self._linger_s = linger_s
         self._pending: list[tuple[str, bytes]] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
     async def publish(self, channel: str, message: bytes) -> None:
@@ -49,25 +47,15 @@ class StatusPublisher:
         self._pending.append((channel, message))
         self._wake.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="status-publisher")
-
-    async def stop(self) -> None:
-        """Send what is still queued (best effort), then end the task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._flush()
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Send batches until cancelled; then :meth:`flush` sends what is left."""
         while True:
             await self._wake.wait()
             await asyncio.sleep(self._linger_s)
-            await self._flush()
+            await self.flush()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Send what is queued now, as one pipeline."""
         self._wake.clear()
         batch, self._pending = self._pending, []
         if not batch:

@@ -207,8 +207,10 @@ async def on_startup(ctx: dict[Any, Any]) -> None:
     )
     stack.push_async_callback(_cancel, sampler)
     publisher = StatusPublisher(redis)
-    publisher.start()
-    stack.push_async_callback(publisher.stop)
+    # Stopped first, then what is still queued is sent (the stack unwinds in reverse).
+    stack.push_async_callback(publisher.flush)
+    publishing = asyncio.create_task(publisher.run(), name="status-publisher")
+    stack.push_async_callback(_cancel, publishing)
 
     ctx["processor"] = EventProcessor(
         db=mongo[settings.mongo_db],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -12,52 +14,63 @@ from gateway_worker.announce import StatusPublisher
 from scripts.harness.services import free_port
 
 
-async def test_changes_queued_together_reach_subscribers_in_order(redis: ArqRedis) -> None:
+@contextlib.asynccontextmanager
+async def running(publisher: StatusPublisher) -> AsyncIterator[StatusPublisher]:
+    """``publisher`` as the worker runs it: its task, cancelled then flushed at the end."""
+    task = asyncio.create_task(publisher.run())
+    try:
+        yield publisher
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await publisher.flush()
+
+
+async def received(redis: ArqRedis, count: int, send: AsyncIterator[None]) -> list[bytes]:
+    """The first ``count`` messages on ``q:status`` while ``send`` runs to its end."""
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe("q:status")
-    publisher = StatusPublisher(redis, linger_s=0.01)
-    publisher.start()
+    seen: list[bytes] = []
     try:
-        for n in range(5):
-            await publisher.publish("q:status", f"change {n}".encode())
-        seen: list[bytes] = []
+        async for _ in send:
+            pass
         async with asyncio.timeout(10):
-            while len(seen) < 5:
+            while len(seen) < count:
                 message = await pubsub.get_message(timeout=1)
                 if message is not None:
                     seen.append(message["data"])
     finally:
-        await publisher.stop()
         await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert seen == [f"change {n}".encode() for n in range(5)]
+    return seen
+
+
+async def test_changes_queued_together_reach_subscribers_in_order(redis: ArqRedis) -> None:
+    async def send() -> AsyncIterator[None]:
+        async with running(StatusPublisher(redis, linger_s=0.01)) as publisher:
+            for n in range(5):
+                await publisher.publish("q:status", f"change {n}".encode())
+            yield
+
+    assert await received(redis, 5, send()) == [f"change {n}".encode() for n in range(5)]
 
 
 async def test_stopping_sends_what_is_still_queued(redis: ArqRedis) -> None:
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe("q:status")
-    # A linger far beyond the test: only stop() can send it.
-    publisher = StatusPublisher(redis, linger_s=3600)
-    publisher.start()
-    try:
-        await publisher.publish("q:status", b"last words")
-        await publisher.stop()
-        async with asyncio.timeout(10):
-            message = None
-            while message is None:
-                message = await pubsub.get_message(timeout=1)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert message["data"] == b"last words"
+    async def send() -> AsyncIterator[None]:
+        # A linger far beyond the test: only the final flush can send it.
+        async with running(StatusPublisher(redis, linger_s=3600)) as publisher:
+            await publisher.publish("q:status", b"last words")
+        yield
+
+    assert await received(redis, 1, send()) == [b"last words"]
 
 
 async def test_a_batch_redis_does_not_take_is_logged_and_dropped_never_raised() -> None:
     gone = Redis(port=free_port(), socket_connect_timeout=0.5)
-    publisher = StatusPublisher(gone, linger_s=0)
-    publisher.start()
     try:
         with capture_logs() as logs:
-            await publisher.publish("q:status", b"lost")
-            await publisher.stop()
+            async with running(StatusPublisher(gone, linger_s=0)) as publisher:
+                await publisher.publish("q:status", b"lost")
     finally:
         await gone.aclose()
     assert [(e["event"], e["changes"]) for e in logs] == [("job.publish_failed", 1)]
