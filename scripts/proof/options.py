@@ -67,12 +67,5 @@ def ack_replicas_option(help: str) -> Decorator:
     It means what ``GATEWAY_ACK_REPLICAS`` means (docs/contract.md §4.5); the
     command provides the replicas.
     """
-    return click.option(
-        "--ack-replicas",
-        "ack_replicas",
-        type=click.IntRange(0),
-        default=0,
-        show_default=True,
-        metavar="N",
-        help=help,
-    )
+    count = click.IntRange(0)
+    return click.option("--ack-replicas", type=count, default=0, show_default=True, help=help)
