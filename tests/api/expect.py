@@ -28,6 +28,11 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     return body
 
 
+def assert_bad_request(response: httpx.Response, message: str) -> None:
+    """``response`` is a 400 ``bad_request`` problem whose detail says ``message``."""
+    assert message in assert_problem(response, 400, "bad_request")["detail"]
+
+
 async def queued_job(redis: ArqRedis, key: str) -> QueuedEvent:
     """The job stored under ``key``, decoded from arq's MessagePack job format."""
     raw = await redis.get(job_key_prefix + key)
