@@ -19,7 +19,7 @@ from arq.connections import ArqRedis
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.api.expect import assert_bad_request, assert_problem
+from tests.api.expect import assert_bad_request, assert_problem, get_json
 from tests.factories import (
     write_filter_letters,
     write_letter,
@@ -53,9 +53,7 @@ async def admin(client_for: ClientFor) -> httpx.AsyncClient:
 
 async def admin_json(admin: httpx.AsyncClient, path: str, **params: str) -> Any:
     """GET ``/v1/admin{path}`` with the token; it must answer 200. The JSON answer."""
-    response = await admin.get(f"/v1/admin{path}", params=params, headers=AUTH)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return await get_json(admin, f"/v1/admin{path}", params=params, headers=AUTH)
 
 
 # ── access ──────────────────────────────────────────────────────────────────
