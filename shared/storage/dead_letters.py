@@ -40,13 +40,11 @@ import msgspec
 from bson.binary import Binary
 from msgspec import Struct
 from pymongo import DESCENDING
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.contracts import QueuedEvent, ReplayRef
-from shared.storage.errors import DocumentNotStorable, StoreRejected
+from shared.storage.errors import DocumentNotStorable
 from shared.storage.events import AttemptRecord, ErrorInfo
-from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, translate_errors
+from shared.storage.mongo import DEAD_LETTER_EVENTS, Collection, Document, read_as, translate_errors
 
 __all__ = [
     "DeadLetterDocument",
@@ -229,11 +227,10 @@ class PageKey(Struct, frozen=True, array_like=True):
     key: str
 
 
-class DeadLetters:
+class DeadLetters(Collection):
     """Domain operations on ``dead_letter_events``: the worker's writes and the operator's."""
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._collection: AsyncCollection[Document] = db[DEAD_LETTER_EVENTS]
+    collection_name = DEAD_LETTER_EVENTS
 
     async def dead_letter(
         self,
@@ -451,13 +448,7 @@ class DeadLetters:
 
 
 def _typed(document: Document) -> DeadLetterDocument:
-    with translate_errors("read_dead_letter"):
-        try:
-            return msgspec.convert(document, DeadLetterDocument)
-        except msgspec.ValidationError as exc:
-            raise StoreRejected(
-                f"dead letter {document.get('_id')!r} does not have the expected shape: {exc}"
-            ) from exc
+    return read_as(DeadLetterDocument, document, "dead letter")
 
 
 def _unchanged(key: str, seen_replays: int) -> Document:
