@@ -317,7 +317,6 @@ class MockDownstreamProcess(ServiceProcess):
         self._secret = secret
         self._seed = seed
         self._log = log
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
