@@ -78,6 +78,7 @@ from shared.storage.dead_letters import (
     PageKey,
     ReplayOutcome,
     ReplayRecord,
+    Selection,
 )
 from shared.storage.events import (
     AttemptRecord,
@@ -122,6 +123,7 @@ __all__ = [
     "ReplayResult",
     "ReplaySummary",
     "SearchHit",
+    "Selection",
     "SourceCounts",
     "Timeline",
     "decode_cursor",

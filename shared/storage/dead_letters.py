@@ -55,6 +55,7 @@ __all__ = [
     "PageKey",
     "ReplayOutcome",
     "ReplayRecord",
+    "Selection",
 ]
 
 
@@ -185,19 +186,28 @@ def _stored_body(body: bytes) -> str | Binary:
         return Binary(body)
 
 
-class DeadLetterFilter(Struct, frozen=True, kw_only=True):
-    """Which dead letters a list or bulk replay selects; ``None`` fields select everything.
+class Selection[Time](Struct, frozen=True, kw_only=True):
+    """The fields that select dead letters; ``None`` fields select everything.
 
     ``code`` is ``error.code``; ``since`` (inclusive) and ``until`` (exclusive)
-    bound ``dead_lettered_at`` and must be timezone-aware.
+    bound ``dead_lettered_at``: :class:`DeadLetterFilter` holds them as times, a
+    request that names them as text (``gateway dlq``'s options, the admin API's
+    bulk replay) as ``str``.
     """
 
     source: str | None = None
     code: str | None = None
     reason: DeadLetterReason | None = None
     status: DeadLetterStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Time | None = None
+    until: Time | None = None
+
+
+class DeadLetterFilter(Selection[datetime], frozen=True, kw_only=True):
+    """Which dead letters a list or bulk replay selects; ``None`` fields select everything.
+
+    ``since`` and ``until`` must be timezone-aware.
+    """
 
     def to_query(self) -> Document:
         """The MongoDB filter (each field has an index with ``dead_lettered_at``)."""

@@ -241,23 +241,13 @@ class ProcessedEvents(Collection):
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
     ) -> bool:
         """Count a failed attempt and set ``retrying``; ``False`` if the lease was lost."""
-        return await self._end_run(
-            "record_failure",
-            {"_id": key, "lease_token": token},
-            {"status": EventStatus.RETRYING, "updated_at": now},
-            attempt,
-        )
+        return await self._count_attempt(key, token, attempt, now, final=False)
 
     async def mark_dead_lettered(
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
     ) -> bool:
         """Count the final attempt and set ``dead_lettered``; ``False`` if the lease was lost."""
-        return await self._end_run(
-            "mark_dead_lettered",
-            {"_id": key, "lease_token": token},
-            {"status": EventStatus.DEAD_LETTERED, "completed_at": now, "updated_at": now},
-            attempt,
-        )
+        return await self._count_attempt(key, token, attempt, now, final=True)
 
     async def release(self, key: str, *, token: str, now: datetime) -> bool:
         """Give the lease back without counting an attempt (the run was cancelled)."""
@@ -266,6 +256,17 @@ class ProcessedEvents(Collection):
             {"_id": key, "lease_token": token, "status": EventStatus.PROCESSING},
             {"status": EventStatus.RETRYING, "updated_at": now},
         )
+
+    async def _count_attempt(
+        self, key: str, token: str, attempt: AttemptRecord, now: datetime, *, final: bool
+    ) -> bool:
+        """End the run with its failed ``attempt``: ``dead_lettered`` if ``final``, else
+        ``retrying``."""
+        fields: Document = {"status": EventStatus.RETRYING, "updated_at": now}
+        if final:
+            fields.update(status=EventStatus.DEAD_LETTERED, completed_at=now)
+        operation = "mark_dead_lettered" if final else "record_failure"
+        return await self._end_run(operation, {"_id": key, "lease_token": token}, fields, attempt)
 
     async def _end_run(
         self,
