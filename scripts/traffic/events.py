@@ -185,7 +185,7 @@ def send_order(
     return order
 
 
-@dataclass
+@dataclass(eq=False)
 class EventStream:
     """The requests of one simulated courier, one :meth:`next` call per request.
 
