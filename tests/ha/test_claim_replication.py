@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis
@@ -18,7 +17,7 @@ from shared.queue import Enqueuer, deserialize
 from shared.settings import Settings
 from shared.storage.mongo import PROCESSED_EVENTS, Document
 from tests.factories import new_event_id
-from tests.plugins.worker import FAST, WorkerPool, wait_until
+from tests.plugins.worker import WorkerPool, wait_until
 from tests.shared.test_queue import queued
 
 CLAIM_TTL_S = 60.0
@@ -91,14 +90,11 @@ async def test_a_claim_lost_or_held_by_another_run_is_left_alone(ha_redis: ArqRe
 
 async def test_a_worker_runs_a_job_only_once_a_replica_holds_its_claim(
     topology: SentinelTopology,
-    ha_settings: Callable[..., Settings],
-    ha_redis: ArqRedis,
+    ha_worker_settings: Settings,
+    worker_pool: WorkerPool,
     mongo_db: AsyncDatabase[Document],
-    repo_root: Path,
-    tmp_path: Path,
 ) -> None:
-    settings = ha_settings(**{**FAST, "job_timeout_s": 5.0, "lease_s": 8.0}, ack_replicas=1)
-    pool = WorkerPool(repo_root=repo_root, log_dir=tmp_path, redis=ha_redis)
+    settings, ha_redis = ha_worker_settings, worker_pool.redis
     event = queued(new_event_id())
     key = event.idempotency_key
     replica = topology.replica()
@@ -110,7 +106,7 @@ async def test_a_worker_runs_a_job_only_once_a_replica_holds_its_claim(
             assert await enqueuer.enqueue(key, event) is True
         finally:
             await enqueuer.close()
-        (worker,) = await pool.start(settings, 1)
+        (worker,) = await worker_pool.start(settings, 1)
 
         async def processed() -> int:
             return await mongo_db[PROCESSED_EVENTS].count_documents({"_id": key})
@@ -141,7 +137,3 @@ async def test_a_worker_runs_a_job_only_once_a_replica_holds_its_claim(
     finally:
         if replica.process is None or replica.process.poll() is not None:
             topology.rejoin(replica)
-        pool.stop_all()
-        for started in pool.workers:
-            print(f"--- {started.worker_id} (exit {started.process.returncode}) ---")
-            print(started.log_path.read_text()[-6000:])
