@@ -38,6 +38,7 @@ from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
+from gateway_worker.claim import claim_replicated
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import MetricsServer, WorkerMetrics
@@ -83,7 +84,8 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
 
 
 class GatewayWorker(Worker):
-    """arq's worker, surviving a connection lost while it claims a job.
+    """arq's worker, surviving a connection lost while it claims a job, and
+    running a job only once its claim is replicated when ``GATEWAY_ACK_REPLICAS`` > 0.
 
     arq claims a job under ``WATCH``; a connection lost there (a Redis
     failover, docs/contract.md §4.5) surfaces from redis-py as
@@ -92,6 +94,10 @@ class GatewayWorker(Worker):
     the claim that was being made is undone (counter and semaphore, exactly
     as arq does for a job it skips) and the next poll, on a new connection to
     the current primary, claims the job again.
+
+    ``run_job`` runs arq's job only after :func:`~gateway_worker.claim.claim_replicated`
+    confirms the claim on ``GATEWAY_ACK_REPLICAS`` replicas (nothing to do when 0);
+    otherwise it returns before arq reads the job, leaving arq's records as they are.
     """
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -103,6 +109,18 @@ class GatewayWorker(Worker):
                 self.sem.release()
                 log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
                 return
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        replicas = self.ctx["settings"].ack_replicas
+        if replicas and not await claim_replicated(
+            self.pool,
+            job_id,
+            replicas=replicas,
+            claim_ttl_s=self.in_progress_timeout_s,
+            patience_s=self.job_timeout_s,
+        ):
+            return
+        await super().run_job(job_id, score)
 
 
 def build_worker_settings(settings: Settings, *, worker_id: str | None = None) -> dict[str, Any]:
