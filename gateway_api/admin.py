@@ -71,6 +71,7 @@ from shared.dlq import (
     ReplayAction,
     ReplayResult,
     ReplaySummary,
+    Selection,
     parse_time,
 )
 from shared.live import StatusChange
@@ -111,15 +112,9 @@ class DiscardRequest(Struct, frozen=True, forbid_unknown_fields=True):
     by: Operator = DEFAULT_OPERATOR
 
 
-class BulkReplayRequest(Struct, frozen=True, forbid_unknown_fields=True):
+class BulkReplayRequest(Selection[str], frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of a bulk replay: the list filters, plus how much and how fast."""
 
-    source: str | None = None
-    code: str | None = None
-    reason: DeadLetterReason | None = None
-    status: DeadLetterStatus | None = None
-    since: str | None = None
-    until: str | None = None
     dry_run: bool = False
     limit: Annotated[int, Meta(ge=1, le=MAX_PAGE_LIMIT)] = DEFAULT_BULK_LIMIT
     rate_per_s: Annotated[float, Meta(gt=0)] | None = None

@@ -15,7 +15,6 @@ them into ``application/problem+json`` answers and counts them.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,6 +28,7 @@ from gateway_api.openapi import INGEST_RESPONSES, IngestOperation
 from gateway_api.problems import ProblemError
 from gateway_api.resources import INGEST_PATH, ApiResources
 from shared.adapters.base import Adapter, Canonical, Ignored, PayloadError, TrackingUpdate
+from shared.adapters.standard import dotted_error
 from shared.contracts import (
     Accepted,
     FieldError,
@@ -49,10 +49,6 @@ log = structlog.get_logger("gateway_api")
 
 _JSON: Final = "application/json"
 _encoder = msgspec.json.Encoder()
-# msgspec: "Expected `str` of length >= 1 - at `$.shipment.id`"
-_AT_PATH: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
-# msgspec: "Object missing required field `id`"
-_MISSING_FIELD: Final = re.compile(r"^Object missing required field `(?P<field>.+)`$")
 _NOT_DECODED: Final[Any] = object()
 
 
@@ -163,16 +159,10 @@ def validation_errors(
     decoded JSON ``document``, a second pass (:func:`event_field_errors`, on
     this error path only) adds the fields msgspec did not reach.
     """
-    message = str(exc)
-    path = ""
-    if matched := _AT_PATH.match(message):
-        message, path = matched["message"], matched["path"].removeprefix(".")
-    if missing := _MISSING_FIELD.match(message):
-        path = f"{path}.{missing['field']}" if path else missing["field"]
-    first = FieldError(field=path, message=message)
+    first = dotted_error(exc)
     if document is _NOT_DECODED:
         return [first]
-    rest = [error for error in event_field_errors(document) if error.field != path]
+    rest = [error for error in event_field_errors(document) if error.field != first.field]
     return [first, *rest]
 
 

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from litestar import Request, Response, get
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+from shared.metrics import Families
 
 __all__ = ["UNKNOWN_SOURCE_LABEL", "ApiMetrics", "metrics_endpoint"]
 
@@ -30,67 +32,51 @@ _ENQUEUE_BUCKETS_S: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 
+_HELP: Final = {
+    "gateway_http_requests": "HTTP requests answered, by route template, method and status.",
+    "gateway_http_request_duration_seconds": (
+        "Time from receiving a request to finishing its answer."
+    ),
+    "gateway_signature_failures": "Ingest requests refused by source or signature checks.",
+    "gateway_events_accepted": "Events newly queued (202).",
+    "gateway_events_duplicate": (
+        "Events whose idempotency key was already known (200 duplicate at the API)."
+    ),
+    "gateway_events_rejected": (
+        "Ingest requests answered with a problem, by source and problem code."
+    ),
+    "gateway_source_adapter_info": (
+        "1 for each configured source, labelled with its adapter (join on source)."
+    ),
+    "gateway_events_ignored": (
+        "Verified carrier notifications that are not tracking updates (200 ignored)."
+    ),
+    "gateway_enqueue_duration_seconds": (
+        "Time to get Redis's answer to one enqueue (including one retry)."
+    ),
+}
+"""Each metric family's help text (``# HELP``), by name."""
+
 
 class ApiMetrics:
     """The API's metric families, registered on a registry of their own."""
 
     def __init__(self, sources: Mapping[str, str]) -> None:
         """``sources``: each configured source id and the name of its adapter."""
-        self.registry = registry = CollectorRegistry()
-
-        def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, documentation, labels, registry=registry)
-
-        def histogram(
-            name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
-        ) -> Histogram:
-            return Histogram(name, documentation, labels, buckets=buckets, registry=registry)
-
-        self.http_requests = counter(
-            "gateway_http_requests",
-            "HTTP requests answered, by route template, method and status.",
-            ("route", "method", "status"),
+        self.registry = CollectorRegistry()
+        families = Families(self.registry, _HELP)
+        self.http_requests = families.counter("gateway_http_requests", "route", "method", "status")
+        self.http_request_duration = families.histogram(
+            "gateway_http_request_duration_seconds", "route", "method", buckets=_HTTP_BUCKETS_S
         )
-        self.http_request_duration = histogram(
-            "gateway_http_request_duration_seconds",
-            "Time from receiving a request to finishing its answer.",
-            ("route", "method"),
-            _HTTP_BUCKETS_S,
-        )
-        self.signature_failures = counter(
-            "gateway_signature_failures",
-            "Ingest requests refused by source or signature checks.",
-            ("source", "code"),
-        )
-        self.events_accepted = counter(
-            "gateway_events_accepted", "Events newly queued (202).", ("source",)
-        )
-        self.events_duplicate = counter(
-            "gateway_events_duplicate",
-            "Events whose idempotency key was already known (200 duplicate at the API).",
-            ("source", "stage"),
-        )
-        self.events_rejected = counter(
-            "gateway_events_rejected",
-            "Ingest requests answered with a problem, by source and problem code.",
-            ("source", "code"),
-        )
-        self.source_adapter = Gauge(
-            "gateway_source_adapter_info",
-            "1 for each configured source, labelled with its adapter (join on source).",
-            ["source", "adapter"],
-            registry=registry,
-        )
-        self.events_ignored = counter(
-            "gateway_events_ignored",
-            "Verified carrier notifications that are not tracking updates (200 ignored).",
-            ("source", "adapter"),
-        )
-        self.enqueue_duration = histogram(
-            "gateway_enqueue_duration_seconds",
-            "Time to get Redis's answer to one enqueue (including one retry).",
-            (),
-            _ENQUEUE_BUCKETS_S,
+        self.signature_failures = families.counter("gateway_signature_failures", "source", "code")
+        self.events_accepted = families.counter("gateway_events_accepted", "source")
+        self.events_duplicate = families.counter("gateway_events_duplicate", "source", "stage")
+        self.events_rejected = families.counter("gateway_events_rejected", "source", "code")
+        self.source_adapter = families.gauge("gateway_source_adapter_info", "source", "adapter")
+        self.events_ignored = families.counter("gateway_events_ignored", "source", "adapter")
+        self.enqueue_duration = families.histogram(
+            "gateway_enqueue_duration_seconds", buckets=_ENQUEUE_BUCKETS_S
         )
         self._accepted = {s: self.events_accepted.labels(s) for s in sources}
         self._duplicate = {s: self.events_duplicate.labels(s, "api") for s in sources}

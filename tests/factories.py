@@ -227,6 +227,20 @@ async def write_letter(
     return queued.idempotency_key
 
 
+async def write_permanent_letter(
+    db: AsyncDatabase[Document], event_id: str, code: str = "order_mismatch", *, at: datetime = T0
+) -> str:
+    """Write a dead letter for the permanent error ``code``; its key."""
+    return await write_letter(db, event_id, at=at, code=code, reason=DeadLetterReason.PERMANENT)
+
+
+async def write_letters(
+    db: AsyncDatabase[Document], count: int, *, every: timedelta = timedelta(seconds=1)
+) -> list[str]:
+    """Write dead letters ``evt_0`` … ``evt_{count-1}``, ``every`` apart from ``T0``; their keys."""
+    return [await write_letter(db, f"evt_{i}", at=T0 + i * every) for i in range(count)]
+
+
 async def write_filter_letters(db: AsyncDatabase[Document]) -> tuple[str, str, str]:
     """Three dead letters every filter tells apart; their keys.
 
@@ -235,13 +249,7 @@ async def write_filter_letters(db: AsyncDatabase[Document]) -> tuple[str, str, s
     ``legacy:evt_c`` twenty minutes later (downstream_unavailable, retries exhausted).
     """
     a = await write_letter(db, "evt_a", at=T0)
-    b = await write_letter(
-        db,
-        "evt_b",
-        at=T0 + timedelta(minutes=10),
-        code="order_mismatch",
-        reason=DeadLetterReason.PERMANENT,
-    )
+    b = await write_permanent_letter(db, "evt_b", at=T0 + timedelta(minutes=10))
     c = await write_letter(db, "evt_c", at=T0 + timedelta(minutes=20), source="legacy")
     return a, b, c
 

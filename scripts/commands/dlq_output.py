@@ -14,13 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from shared.dlq import (
-    DeadLetterDetail,
-    ReplayAction,
-    ReplayFailure,
-    ReplayResult,
-    ReplaySummary,
-)
+from shared.dlq import DeadLetterDetail, ReplayAction, ReplayFailure, ReplayResult, ReplaySummary
 
 __all__ = ["EXIT_FAILED", "EXIT_NOTHING_MATCHED", "EXIT_OK", "EXIT_USAGE"]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -197,6 +198,17 @@ def _print(verdict: Verdict) -> None:
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
 
 
+def _captured_file[F: Callable[..., Any]](flag: str, help_text: str) -> Callable[[F], F]:
+    """A required option naming an existing file of the captured request (``--x`` → ``x_file``)."""
+    return click.option(
+        flag,
+        f"{flag.removeprefix('--')}_file",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help=help_text,
+    )
+
+
 @click.group("sources")
 def sources_command() -> None:
     """Inspect the configured sources (GATEWAY_SOURCES / GATEWAY_SOURCES_FILE)."""
@@ -204,20 +216,8 @@ def sources_command() -> None:
 
 @sources_command.command("check")
 @click.option("--source", "-s", required=True, help="Source id the request was posted to.")
-@click.option(
-    "--headers",
-    "headers_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="The request's headers: 'Name: value' lines or a JSON object.",
-)
-@click.option(
-    "--body",
-    "body_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="The request's body, byte for byte.",
-)
+@_captured_file("--headers", "The request's headers: 'Name: value' lines or a JSON object.")
+@_captured_file("--body", "The request's body, byte for byte.")
 @click.option(
     "--at",
     "at",

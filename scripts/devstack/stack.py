@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
@@ -143,6 +143,38 @@ class StackOptions:
     workdir: Path | None = None
     ready_timeout_s: float = 60.0
     shutdown_grace_s: float = 20.0
+
+
+class ProofRun(Protocol):
+    """What a proof run's options (``gateway loadtest``, ``gateway chaos``) say of its stack."""
+
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def mongo_url(self) -> str | None: ...
+    @property
+    def mongo_db(self) -> str: ...
+    @property
+    def output(self) -> Path: ...
+
+
+def proof_stack(run: ProofRun, **options: Any) -> Stack:
+    """The stack a proof run starts: its API port (a free one if unset), workers and MongoDB,
+    with the mock downstream and each child's log in ``<output>/logs``; ``options`` are the
+    rest of its :class:`StackOptions`."""
+    return Stack(
+        StackOptions(
+            port=run.port or free_port(),
+            workers=run.workers,
+            mongo_url=run.mongo_url,
+            mongo_db=run.mongo_db,
+            mock_downstream=True,
+            log_dir=run.output / "logs",
+            **options,
+        )
+    )
 
 
 class Stack:
@@ -276,20 +308,22 @@ class Stack:
     # ---- internals -------------------------------------------------------------------------
 
     def _start_storage(self) -> None:
-        if not self.redis_url and self.options.redis_topology == "sentinel":
-            self.sentinel = SentinelTopology(
-                self.workdir / "redis-ha",
+        if not self.redis_url:
+            # One redis-server, or a primary, a replica and three Sentinels: started alike.
+            sentinel = self.options.redis_topology == "sentinel"
+            kind: type[SentinelTopology] | type[RedisServer] = (
+                SentinelTopology if sentinel else RedisServer
+            )
+            redis = kind(
+                self.workdir / ("redis-ha" if sentinel else "redis"),
                 appendonly=self.options.redis_appendonly,
                 extra_args=self.options.redis_args,
             ).start()
-            self.redis_url = self.sentinel.url
-        elif not self.redis_url:
-            self.redis = RedisServer(
-                self.workdir / "redis",
-                appendonly=self.options.redis_appendonly,
-                extra_args=self.options.redis_args,
-            ).start()
-            self.redis_url = self.redis.url
+            self.redis_url = redis.url
+            if isinstance(redis, SentinelTopology):
+                self.sentinel = redis
+            else:
+                self.redis = redis
         if not self.mongo_url:
             self.mongo = EmbeddedMongo(log=self._log("mongo")).start()
             self.mongo_url = self.mongo.url

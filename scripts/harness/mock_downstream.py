@@ -77,22 +77,24 @@ class Rules(Struct, kw_only=True):
     always: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class Control(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``POST /control``: fields left out keep their value.
+Control = msgspec.defstruct(
+    "Control",
+    [
+        ("reset", bool, False),
+        ("seed", int | None, None),
+        # Every rule, optional: a rule left out keeps its value.
+        *((field.name, field.type | None, None) for field in msgspec.structs.fields(Rules)),
+    ],
+    kw_only=True,
+    forbid_unknown_fields=True,
+    module=__name__,
+)
+Control.__doc__ = """Body of ``POST /control``: :class:`Rules`' fields, each optional (left out: the
+rule keeps its value), and ``reset`` and ``seed``.
 
-    ``always`` replaces the whole key → status map; ``seed`` reseeds the
-    random source; ``reset`` first restores every rule to its default.
-    """
-
-    reset: bool = False
-    seed: int | None = None
-    latency_ms: float | None = None
-    transient_rate: float | None = None
-    permanent_rate: float | None = None
-    retry_after: str | None = None
-    fail_first: int | None = None
-    fail_first_status: int | None = None
-    always: dict[str, int] | None = None
+``always`` replaces the whole key → status map; ``seed`` reseeds the
+random source; ``reset`` first restores every rule to its default.
+"""
 
 
 class Delivery(Struct, kw_only=True):
@@ -164,18 +166,17 @@ class MockDownstream:
 
     async def _control(self, body: bytes, send: Send) -> None:
         try:
-            change = msgspec.json.decode(body or b"{}", type=Control)
+            change = msgspec.structs.asdict(msgspec.json.decode(body or b"{}", type=Control))
         except msgspec.DecodeError as exc:
             await _answer(send, 422, msgspec.json.encode({"error": str(exc)}))
             return
-        if change.reset:
+        if change["reset"]:
             self.rules = Rules()
-        if change.seed is not None:
-            self._rng = random.Random(change.seed)
+        if change["seed"] is not None:
+            self._rng = random.Random(change["seed"])
         for field in Rules.__struct_fields__:
-            value = getattr(change, field)
-            if value is not None:
-                setattr(self.rules, field, value)
+            if change[field] is not None:
+                setattr(self.rules, field, change[field])
         await _answer(send, 200, msgspec.json.encode(self.rules))
 
     async def _deliver(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
@@ -317,7 +318,6 @@ class MockDownstreamProcess(ServiceProcess):
         self._secret = secret
         self._seed = seed
         self._log = log
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:

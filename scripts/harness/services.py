@@ -87,6 +87,12 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
+        """Start the child unless it is running already; return once it listens."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        return self._start()
+
+    def _start(self) -> Self:
         raise NotImplementedError
 
     def _launch(self, args: list[str], port: int, timeout_s: float, **options: Any) -> Self:
@@ -135,15 +141,12 @@ class RedisServer(ServiceProcess):
         if found is None:
             raise ServiceError("redis-server is not on PATH (Debian: apt-get install redis-server)")
         self.binary = found
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> Self:
-        if self.process is not None and self.process.poll() is None:
-            return self
+    def _start(self) -> Self:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -182,15 +185,12 @@ class EmbeddedMongo(ServiceProcess):
     def __init__(self, *, port: int | None = None, log: IO[bytes] | None = None) -> None:
         self.port = port or free_port()
         self._log = log
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
-    def start(self) -> Self:
-        if self.process is not None and self.process.poll() is None:
-            return self
+    def _start(self) -> Self:
         return self._launch(
             [sys.executable, "-m", "scripts.harness.embedded_mongo", "--port", str(self.port)],
             self.port,

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 __all__ = [
+    "ack_replicas_option",
     "drain_timeout_option",
     "mongo_url_option",
     "output_option",
@@ -58,3 +59,13 @@ def seconds_option(
 def drain_timeout_option(minimum: float) -> Decorator:
     """``--drain-timeout``: how long to wait for the queue to drain (``drain_timeout_s``)."""
     return seconds_option("--drain-timeout", dest="drain_timeout_s", minimum=minimum, default=300.0)
+
+
+def ack_replicas_option(help: str) -> Decorator:
+    """``--ack-replicas N``: replicas that must confirm each enqueue (``ack_replicas``, default 0).
+
+    It means what ``GATEWAY_ACK_REPLICAS`` means (docs/contract.md §4.5); the
+    command provides the replicas.
+    """
+    count = click.IntRange(0)
+    return click.option("--ack-replicas", type=count, default=0, show_default=True, help=help)

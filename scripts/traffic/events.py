@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
@@ -184,6 +185,7 @@ def send_order(
     return order
 
 
+@dataclass(eq=False)
 class EventStream:
     """The requests of one simulated courier, one :meth:`next` call per request.
 
@@ -194,41 +196,35 @@ class EventStream:
     tracking number).
     """
 
-    def __init__(
-        self,
-        rng: random.Random,
-        prefix: str,
-        *,
-        duplicate_ratio: float,
-        out_of_order_ratio: float,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        resend_window: int = 64,
-        adapter: str = "standard",
-    ) -> None:
-        self._rng = rng
-        self._adapter = adapter
-        self._prefix = prefix
-        self._duplicate_ratio = duplicate_ratio
-        self._out_of_order_ratio = out_of_order_ratio
-        self._now = now
-        self._serial = 0
-        self._pending: deque[tuple[PlannedEvent, bool]] = deque()
-        self._sent: deque[Outgoing] = deque(maxlen=resend_window)
+    rng: random.Random
+    prefix: str
+    _: KW_ONLY
+    duplicate_ratio: float
+    out_of_order_ratio: float
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    resend_window: int = 64
+    adapter: str = "standard"
+    _serial: int = field(default=0, init=False, repr=False)
+    _pending: deque[tuple[PlannedEvent, bool]] = field(
+        default_factory=deque, init=False, repr=False
+    )
+    _sent: deque[Outgoing] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._sent = deque(maxlen=self.resend_window)
 
     def next(self) -> Outgoing:
         """The next request: a resend of an earlier one, or the next planned event."""
-        if self._sent and self._rng.random() < self._duplicate_ratio:
-            earlier = self._rng.choice(self._sent)
+        if self._sent and self.rng.random() < self.duplicate_ratio:
+            earlier = self.rng.choice(self._sent)
             return msgspec.structs.replace(earlier, kind="resend")
         if not self._pending:
             self._serial += 1
-            start = (
-                self._now() - timedelta(hours=12) + timedelta(seconds=self._rng.randint(0, 3600))
-            )
-            lifecycle = plan_lifecycle(self._rng, self._prefix, self._serial, start)
-            self._pending.extend(send_order(lifecycle, self._rng, self._out_of_order_ratio))
+            start = self.now() - timedelta(hours=12) + timedelta(seconds=self.rng.randint(0, 3600))
+            lifecycle = plan_lifecycle(self.rng, self.prefix, self._serial, start)
+            self._pending.extend(send_order(lifecycle, self.rng, self.out_of_order_ratio))
         event, swapped = self._pending.popleft()
-        rendered = render(event, self._adapter)
+        rendered = render(event, self.adapter)
         outgoing = Outgoing(
             event_id=rendered.event_id,
             shipment_id=rendered.shipment_id,

@@ -1,10 +1,13 @@
 """What every adapter shares: its results, its errors, and the field rules.
 
 An adapter turns one verified request of one source into a :data:`Normalised`
-result. Each adapter module has a pure ``verify`` function (raw body, headers
-by lower-case name, HMAC keys, ``now``) and a pure ``normalise`` function (raw
-body, status vocabulary), and an :class:`Adapter` subclass that binds them to
-one source's configuration, prepared once at start.
+result. Each adapter module has a pure ``verify`` (raw body, headers by
+lower-case name, keys, ``now``) and a pure ``normalise`` (the raw body; for a
+built-in carrier, read through a :class:`FieldReader` that carries the status
+vocabulary), bound to one source's configuration, prepared once at start:
+``standard``, ``hex`` and ``generic`` by an :class:`Adapter` subclass, the
+built-in carriers by the one binding of ``shared.adapters.carrier``. The
+signature schemes they share are here (:func:`body_hmac`, :func:`static_token`).
 
 Errors::
 
@@ -25,12 +28,13 @@ import abc
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, Final, Protocol
 
 import msgspec
 from msgspec import Meta, Struct
@@ -42,18 +46,26 @@ from shared.signing import SignatureError
 
 __all__ = [
     "Adapter",
-    "BodyHmacAdapter",
+    "AdapterFactory",
     "Canonical",
     "CarrierAdapter",
     "Ignored",
     "Normalised",
     "PayloadError",
+    "Signature",
     "TrackingUpdate",
+    "Vocabulary",
+    "body_hmac",
     "derived_event_id",
+    "other_event",
+    "static_token",
 ]
 
 _PRINTABLE: Final = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,128}")
 _AwareDatetime = Annotated[datetime, Meta(tz=True)]
+
+Vocabulary = Mapping[str, EventType]
+"""A source's status table: carrier status -> event type."""
 
 
 class Ignored(Struct, frozen=True):
@@ -129,14 +141,16 @@ class FieldReader:
     """Reads a decoded body's fields by pointer, collecting every problem before failing.
 
     Each reader method returns ``None`` (and records a :class:`FieldError` named
-    by JSON Pointer) when a required field is missing or invalid; :meth:`check`
-    then raises one :class:`PayloadError` listing all of them.
+    by JSON Pointer) when a required field is missing or invalid; :meth:`update`
+    then raises one :class:`PayloadError` listing all of them, or builds the
+    tracking update with the source's vocabulary.
     """
 
-    __slots__ = ("document", "errors")
+    __slots__ = ("document", "errors", "statuses")
 
-    def __init__(self, document: Any) -> None:
+    def __init__(self, document: Any, statuses: Vocabulary) -> None:
         self.document = document
+        self.statuses = statuses
         self.errors: list[FieldError] = []
 
     def fail(self, pointer: Pointer, message: str) -> None:
@@ -188,13 +202,50 @@ class FieldReader:
             return best
         return self.instant(fallback)
 
-    def check(self) -> None:
+    def update(
+        self,
+        *,
+        tracking_number: str | None,
+        status: str | None,
+        occurred_at: datetime | None,
+        event_id: str | None = None,
+        order_id: str | None = None,
+    ) -> TrackingUpdate:
+        """Raise if any field read was missing or invalid; else the update, its id derived if none.
+
+        The arguments are the values this reader returned, read in the order the
+        422's ``errors`` should name them.
+        """
         if self.errors:
             raise PayloadError(
                 ProblemCode.VALIDATION_FAILED,
                 "the body is a tracking update with missing or invalid fields",
                 self.errors,
             )
+        assert tracking_number is not None
+        assert status is not None
+        assert occurred_at is not None
+        derived = event_id is None
+        return TrackingUpdate(
+            event_id=event_id or derived_event_id(tracking_number, status, occurred_at),
+            event_id_derived=derived,
+            tracking_number=tracking_number,
+            carrier_status=status,
+            event_type=self.statuses.get(status),
+            occurred_at=occurred_at,
+            order_id=order_id,
+        )
+
+
+def other_event(reader: FieldReader, pointer: Pointer, tracking: str) -> str | None:
+    """The event the body names at ``pointer``, when it is a string other than ``tracking``.
+
+    Such a notification is verified but is no tracking update: the adapter
+    answers :class:`Ignored`. A missing or non-string name decides nothing; the
+    body is then read as a tracking update.
+    """
+    event = reader.get(pointer)
+    return event if isinstance(event, str) and event != tracking else None
 
 
 def parse_instant(value: object, *, unix_seconds: bool = False) -> datetime | None:
@@ -212,7 +263,9 @@ def parse_instant(value: object, *, unix_seconds: bool = False) -> datetime | No
     return None
 
 
-def reader_for(body: bytes, decoder: msgspec.json.Decoder[Any] | None) -> FieldReader:
+def reader_for(
+    body: bytes, decoder: msgspec.json.Decoder[Any] | None, statuses: Vocabulary
+) -> FieldReader:
     """A :class:`FieldReader` over ``body``, decoded into ``decoder``'s Structs when they fit.
 
     The typed decode reads only the fields an adapter needs and skips the rest
@@ -224,11 +277,11 @@ def reader_for(body: bytes, decoder: msgspec.json.Decoder[Any] | None) -> FieldR
         with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             if not body.isascii():
                 body.decode()  # a typed decode does not check the fields it skips
-            return FieldReader(decoder.decode(body))
-    return document_object(body)
+            return FieldReader(decoder.decode(body), statuses)
+    return document_object(body, statuses)
 
 
-def document_object(body: bytes) -> FieldReader:
+def document_object(body: bytes, statuses: Vocabulary) -> FieldReader:
     """A :class:`FieldReader` over ``body``, which must be a JSON object."""
     document = decode_json(body)
     if not isinstance(document, dict):
@@ -237,34 +290,7 @@ def document_object(body: bytes) -> FieldReader:
             "the body must be a JSON object",
             [FieldError(field="", message="must be an object")],
         )
-    return FieldReader(document)
-
-
-def tracking_update(
-    reader: FieldReader,
-    *,
-    statuses: Mapping[str, EventType],
-    tracking_number: str | None,
-    status: str | None,
-    occurred_at: datetime | None,
-    event_id: str | None = None,
-    order_id: str | None = None,
-) -> TrackingUpdate:
-    """Raise if ``reader`` collected errors; else the update, with a derived id if none."""
-    reader.check()
-    assert tracking_number is not None
-    assert status is not None
-    assert occurred_at is not None
-    derived = event_id is None
-    return TrackingUpdate(
-        event_id=event_id or derived_event_id(tracking_number, status, occurred_at),
-        event_id_derived=derived,
-        tracking_number=tracking_number,
-        carrier_status=status,
-        event_type=statuses.get(status),
-        occurred_at=occurred_at,
-        order_id=order_id,
-    )
+    return FieldReader(document, statuses)
 
 
 def header(headers: Mapping[str, str], name: str) -> str:
@@ -341,20 +367,108 @@ def verify_token(value: str, keys: Sequence[bytes], name: str) -> None:
     raise SignatureError(ProblemCode.SIGNATURE_INVALID, f"the {name} header does not match")
 
 
+class Verifier(Protocol):
+    """A pure check of one request against a source's keys; raises ``SignatureError``."""
+
+    def __call__(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        keys: Sequence[bytes],
+        *,
+        now: float,
+        tolerance_s: int,
+    ) -> None: ...
+
+
+class Signer(Protocol):
+    """The headers a carrier sends with ``body`` at ``now``, signed with ``key``."""
+
+    def __call__(self, body: bytes, key: bytes, *, now: float) -> dict[str, str]: ...
+
+
+class Signature(Struct, frozen=True):
+    """How a carrier proves a request: the headers it reads, its ``verify`` and its ``sign``."""
+
+    header_names: tuple[str, ...]
+    """Lower-case names of the headers ``verify`` reads (for header filtering)."""
+    verify: Verifier
+    sign: Signer
+
+
+def body_hmac(header_name: str, encoding: str, prefix: str = "") -> Signature:
+    """``prefix`` + HMAC-SHA256(key, raw body) in ``header_name``, ``hex`` or ``base64``."""
+    return _untimed(
+        header_name,
+        functools.partial(
+            verify_body_hmac, header_name=header_name, encoding=encoding, prefix=prefix
+        ),
+        functools.partial(
+            sign_body_hmac, header_name=header_name, encoding=encoding, prefix=prefix
+        ),
+    )
+
+
+def static_token(header_name: str) -> Signature:
+    """``header_name`` carries a secret as is (:func:`verify_token`); the body is not covered."""
+
+    def check(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
+        verify_token(header(headers, header_name), keys, header_name)
+
+    def token(body: bytes, key: bytes) -> dict[str, str]:
+        return {header_name: key.decode()}
+
+    return _untimed(header_name, check, token)
+
+
+def _untimed(
+    header_name: str,
+    check: Callable[[bytes, Mapping[str, str], Sequence[bytes]], None],
+    sign: Callable[[bytes, bytes], dict[str, str]],
+) -> Signature:
+    """A scheme in one header that signs no time: the clock takes no part in it."""
+
+    def verify(
+        body: bytes,
+        headers: Mapping[str, str],
+        keys: Sequence[bytes],
+        *,
+        now: float,
+        tolerance_s: int,
+    ) -> None:
+        check(body, headers, keys)
+
+    def signed(body: bytes, key: bytes, *, now: float) -> dict[str, str]:
+        return sign(body, key)
+
+    return Signature((header_name,), verify, signed)
+
+
+class AdapterFactory(Protocol):
+    """Builds one source's adapter: an :class:`Adapter` class, or :meth:`CarrierRules.adapter`."""
+
+    def __call__(self, config: Any, *, tolerance_s: int) -> Adapter: ...
+
+
 class Adapter(abc.ABC):
     """One source's adapter: keys and vocabulary prepared once, then pure per request."""
 
-    kind: ClassVar[str]
+    kind: str
+    """The adapter's name (``adapter`` in ``GATEWAY_SOURCES``)."""
     __slots__ = ("_keys", "_tolerance_s")
 
     def __init__(self, config: AdapterConfig, *, tolerance_s: int) -> None:
         self._keys = tuple(self.key_of(secret) for secret in config.secrets)
         self._tolerance_s = tolerance_s
 
-    @staticmethod
-    def key_of(secret: str) -> bytes:
+    def key_of(self, secret: str) -> bytes:
         """The HMAC key (or token bytes) of one configured secret."""
         return secret.encode()
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The HMAC keys (or token bytes) of the source's secrets, in the order configured."""
+        return self._keys
 
     @property
     @abc.abstractmethod
@@ -375,48 +489,19 @@ class Adapter(abc.ABC):
 
 
 class CarrierAdapter(Adapter):
-    """An adapter with a status vocabulary: built-in ``STATUSES`` plus the source's overrides."""
+    """An adapter with a status vocabulary: a built-in table plus the source's overrides."""
 
-    STATUSES: ClassVar[Mapping[str, EventType]]
     __slots__ = ("statuses",)
 
-    def __init__(self, config: CarrierConfig, *, tolerance_s: int) -> None:
+    def __init__(
+        self,
+        config: CarrierConfig,
+        *,
+        tolerance_s: int,
+        built_in: Vocabulary | None = None,
+    ) -> None:
         super().__init__(config, tolerance_s=tolerance_s)
-        self.statuses: Mapping[str, EventType] = {
-            **self.STATUSES,
+        self.statuses: Vocabulary = {
+            **(built_in or {}),
             **{status: event_type_of(name) for status, name in config.statuses.items()},
         }
-
-
-class BodyHmacAdapter(CarrierAdapter):
-    """A carrier that sends ``PREFIX`` + HMAC-SHA256(secret, raw body) in one header."""
-
-    HEADER: ClassVar[str]
-    """Lower-case name of the signature header."""
-    ENCODING: ClassVar[str]
-    """``hex`` or ``base64``."""
-    PREFIX: ClassVar[str] = ""
-    __slots__ = ()
-
-    @property
-    def header_names(self) -> tuple[str, ...]:
-        return (self.HEADER,)
-
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify_body_hmac(
-            body,
-            headers,
-            self._keys,
-            header_name=self.HEADER,
-            encoding=self.ENCODING,
-            prefix=self.PREFIX,
-        )
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign_body_hmac(
-            body,
-            self._keys[key_index],
-            header_name=self.HEADER,
-            encoding=self.ENCODING,
-            prefix=self.PREFIX,
-        )

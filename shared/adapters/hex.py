@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 from shared.adapters.base import Adapter, Canonical
 from shared.adapters.standard import normalise_canonical
@@ -15,7 +14,7 @@ __all__ = ["HexAdapter"]
 class HexAdapter(Adapter):
     """HMAC-SHA256 of the raw body keyed with the secret's UTF-8 bytes; no timestamp."""
 
-    kind: ClassVar[str] = "hex"
+    kind = "hex"
     __slots__ = ()
 
     @property

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from shared.adapters.aftership import AfterShipAdapter
-from shared.adapters.base import Adapter
+from shared.adapters import aftership, easypost, shippo, shopify, ups
+from shared.adapters.base import Adapter, AdapterFactory
 from shared.adapters.config import (
     AfterShipConfig,
     EasyPostConfig,
@@ -18,27 +18,23 @@ from shared.adapters.config import (
     StandardConfig,
     UpsConfig,
 )
-from shared.adapters.easypost import EasyPostAdapter
 from shared.adapters.generic import GenericAdapter
 from shared.adapters.hex import HexAdapter
-from shared.adapters.shippo import ShippoAdapter
-from shared.adapters.shopify import ShopifyAdapter
 from shared.adapters.standard import StandardAdapter
-from shared.adapters.ups import UpsAdapter
 
 __all__ = ["ADAPTERS", "build_adapter"]
 
-ADAPTERS: Final[Mapping[type[SourceAdapterConfig], type[Adapter]]] = {
+ADAPTERS: Final[Mapping[type[SourceAdapterConfig], AdapterFactory]] = {
     StandardConfig: StandardAdapter,
     HexConfig: HexAdapter,
-    EasyPostConfig: EasyPostAdapter,
-    AfterShipConfig: AfterShipAdapter,
-    ShopifyConfig: ShopifyAdapter,
-    UpsConfig: UpsAdapter,
-    ShippoConfig: ShippoAdapter,
+    EasyPostConfig: easypost.RULES.adapter,
+    AfterShipConfig: aftership.RULES.adapter,
+    ShopifyConfig: shopify.RULES.adapter,
+    UpsConfig: ups.RULES.adapter,
+    ShippoConfig: shippo.RULES.adapter,
     GenericConfig: GenericAdapter,
 }
-"""The adapter class of each configuration type."""
+"""How each configuration type's adapter is built: its class, or a built-in carrier's rules."""
 
 
 def build_adapter(config: SourceAdapterConfig, *, tolerance_s: int) -> Adapter:
@@ -47,5 +43,4 @@ def build_adapter(config: SourceAdapterConfig, *, tolerance_s: int) -> Adapter:
     ``tolerance_s`` bounds the clock skew of timestamped schemes (``standard``,
     ``shippo``).
     """
-    adapter_type = ADAPTERS[type(config)]
-    return adapter_type(config, tolerance_s=tolerance_s)
+    return ADAPTERS[type(config)](config, tolerance_s=tolerance_s)

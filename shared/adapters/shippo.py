@@ -12,62 +12,54 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
-
-import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from typing import Final
 
 from shared.adapters.base import (
-    CarrierAdapter,
+    FieldReader,
     Ignored,
+    Signature,
     TrackingUpdate,
     decode_digest,
     header,
-    reader_for,
-    tracking_update,
+    other_event,
     verify_hmac,
 )
+from shared.adapters.carrier import CarrierRules, Fields, vocabulary
 from shared.contracts import EventType, ProblemCode
 from shared.signing import SignatureError
 
-__all__ = ["SIGNATURE_HEADER", "STATUSES", "ShippoAdapter", "normalise", "verify"]
+__all__ = [
+    "DECODER",
+    "FIELDS",
+    "RULES",
+    "SIGNATURE_HEADER",
+    "STATUSES",
+    "normalise",
+    "sign",
+    "verify",
+]
 
 SIGNATURE_HEADER: Final = "shippo-auth-signature"
 _TIMESTAMP: Final = re.compile(r"-?[0-9]{1,19}")
 
-STATUSES: Final[Mapping[str, EventType]] = {
-    "PRE_TRANSIT": EventType.CREATED,
-    "TRANSIT": EventType.IN_TRANSIT,
-    "DELIVERED": EventType.DELIVERED,
-    "RETURNED": EventType.RETURNED,
-    "FAILURE": EventType.DELIVERY_FAILED,
-}
-"""Tracking statuses; ``UNKNOWN`` (no information from the carrier) stays unmapped."""
-
+FIELDS: Final = Fields(
+    tracking_number=("data", "tracking_number"),
+    status=("data", "tracking_status", "status"),
+    occurred_at=("data", "tracking_status", "status_date"),
+)
 _EVENT = ("event",)
-_TRACKING_NUMBER = ("data", "tracking_number")
-_STATUS = ("data", "tracking_status", "status")
-_STATUS_DATE = ("data", "tracking_status", "status_date")
+DECODER: Final = FIELDS.decoder(_EVENT)
 
-
-class _TrackingStatus(Struct):
-    status: str | int | UnsetType | None = UNSET
-    status_date: str | UnsetType | None = UNSET
-
-
-class _Tracking(Struct):
-    tracking_number: str | int | UnsetType | None = UNSET
-    tracking_status: _TrackingStatus | UnsetType | None = UNSET
-
-
-class _Webhook(Struct):
-    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
-
-    event: Any = UNSET
-    data: _Tracking | UnsetType | None = UNSET
-
-
-DECODER: Final = msgspec.json.Decoder(_Webhook)
+STATUSES: Final = vocabulary(
+    {
+        EventType.CREATED: ("PRE_TRANSIT",),
+        EventType.IN_TRANSIT: ("TRANSIT",),
+        EventType.DELIVERED: ("DELIVERED",),
+        EventType.RETURNED: ("RETURNED",),
+        EventType.DELIVERY_FAILED: ("FAILURE",),
+    }
+)
+"""Tracking statuses; ``UNKNOWN`` (no information from the carrier) stays unmapped."""
 
 
 def _parse_header(value: str) -> tuple[str | None, list[str]]:
@@ -103,25 +95,6 @@ def verify(
     verify_hmac(offered, keys, message, "no v1 signature in Shippo-Auth-Signature matches")
 
 
-def normalise(
-    body: bytes,
-    statuses: Mapping[str, EventType],
-    decoder: msgspec.json.Decoder[Any] | None = DECODER,
-) -> TrackingUpdate | Ignored:
-    """A ``track_updated`` as a tracking update; other events (transactions, batches) ignored."""
-    reader = reader_for(body, decoder)
-    event = reader.get(_EVENT)
-    if isinstance(event, str) and event != "track_updated":
-        return Ignored(f"Shippo event {event!r} is not a tracking update")
-    return tracking_update(
-        reader,
-        statuses=statuses,
-        tracking_number=reader.identifier(_TRACKING_NUMBER),
-        status=reader.identifier(_STATUS),
-        occurred_at=reader.instant(_STATUS_DATE),
-    )
-
-
 def sign(body: bytes, key: bytes, *, now: float) -> dict[str, str]:
     """The header Shippo sends with ``body`` at ``now``."""
     timestamp = str(int(now))
@@ -129,20 +102,13 @@ def sign(body: bytes, key: bytes, *, now: float) -> dict[str, str]:
     return {SIGNATURE_HEADER: f"t={timestamp},v1={digest}"}
 
 
-class ShippoAdapter(CarrierAdapter):
-    kind: ClassVar[str] = "shippo"
-    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
-    __slots__ = ()
+def normalise(reader: FieldReader) -> TrackingUpdate | Ignored:
+    """A ``track_updated`` as a tracking update; other events (transactions, batches) ignored."""
+    if (event := other_event(reader, _EVENT, "track_updated")) is not None:
+        return Ignored(f"Shippo event {event!r} is not a tracking update")
+    return FIELDS.read(reader)
 
-    @property
-    def header_names(self) -> tuple[str, ...]:
-        return (SIGNATURE_HEADER,)
 
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify(body, headers, self._keys, now=now, tolerance_s=self._tolerance_s)
-
-    def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
-        return normalise(body, self.statuses)
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign(body, self._keys[key_index], now=now)
+RULES: Final = CarrierRules(
+    "shippo", STATUSES, Signature((SIGNATURE_HEADER,), verify, sign), normalise, DECODER
+)

@@ -6,101 +6,60 @@ with the app's client secret. Shopify ids are integers; they become text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Final
 
-import msgspec
-from msgspec import UNSET, Struct, UnsetType
-
-from shared.adapters.base import (
-    BodyHmacAdapter,
-    Ignored,
-    TrackingUpdate,
-    reader_for,
-    tracking_update,
-)
+from shared.adapters.base import FieldReader, Ignored, TrackingUpdate, body_hmac
+from shared.adapters.carrier import CarrierRules, Fields, vocabulary
 from shared.adapters.pointer import MISSING
 from shared.contracts import EventType
 
-__all__ = ["SIGNATURE_HEADER", "STATUSES", "ShopifyAdapter", "normalise"]
+__all__ = ["DECODER", "FIELDS", "RULES", "SIGNATURE", "STATUSES", "normalise"]
 
-SIGNATURE_HEADER: Final = "x-shopify-hmac-sha256"
+SIGNATURE: Final = body_hmac("x-shopify-hmac-sha256", "base64")
 
-STATUSES: Final[Mapping[str, EventType]] = {
-    "confirmed": EventType.CREATED,
-    "label_purchased": EventType.CREATED,
-    "label_printed": EventType.CREATED,
-    "carrier_picked_up": EventType.PICKED_UP,
-    "picked_up": EventType.PICKED_UP,
-    "in_transit": EventType.IN_TRANSIT,
-    "delayed": EventType.IN_TRANSIT,
-    "out_for_delivery": EventType.OUT_FOR_DELIVERY,
-    "ready_for_pickup": EventType.OUT_FOR_DELIVERY,
-    "ready_for_recipient_pickup": EventType.OUT_FOR_DELIVERY,
-    "attempted_delivery": EventType.DELIVERY_FAILED,
-    "buyer_action_required": EventType.DELIVERY_FAILED,
-    "failure": EventType.DELIVERY_FAILED,
-    "delivered": EventType.DELIVERED,
-    "returning_to_sender": EventType.RETURNED,
-}
+_FULFILLMENT_ID = ("fulfillment_id",)
+_HAPPENED_AT = ("happened_at",)
+FIELDS: Final = Fields(
+    event_id=("id",),
+    tracking_number=("tracking_number",),
+    status=("status",),
+    occurred_at=_HAPPENED_AT,
+    order_id=("order_id",),
+)
+"""``tracking_number`` when the body has one, else ``fulfillment_id`` (:func:`normalise`)."""
+DECODER: Final = FIELDS.decoder(_FULFILLMENT_ID)
+
+STATUSES: Final = vocabulary(
+    {
+        EventType.CREATED: ("confirmed", "label_purchased", "label_printed"),
+        EventType.PICKED_UP: ("carrier_picked_up", "picked_up"),
+        EventType.IN_TRANSIT: ("in_transit", "delayed"),
+        EventType.OUT_FOR_DELIVERY: (
+            "out_for_delivery",
+            "ready_for_pickup",
+            "ready_for_recipient_pickup",
+        ),
+        EventType.DELIVERY_FAILED: ("attempted_delivery", "buyer_action_required", "failure"),
+        EventType.DELIVERED: ("delivered",),
+        EventType.RETURNED: ("returning_to_sender",),
+    }
+)
 """FulfillmentEvent statuses (the REST webhook's lower-case spelling of the GraphQL enum)."""
 
-_ID = ("id",)
-_FULFILLMENT_ID = ("fulfillment_id",)
-_TRACKING_NUMBER = ("tracking_number",)
-_STATUS = ("status",)
-_HAPPENED_AT = ("happened_at",)
-_ORDER_ID = ("order_id",)
 
-
-class _FulfillmentEvent(Struct):
-    """Only the fields the adapter reads; the rest of the body is skipped unparsed."""
-
-    id: str | int | UnsetType | None = UNSET
-    fulfillment_id: str | int | UnsetType | None = UNSET
-    tracking_number: str | int | UnsetType | None = UNSET
-    status: str | int | UnsetType | None = UNSET
-    happened_at: str | UnsetType | None = UNSET
-    order_id: str | int | UnsetType | None = UNSET
-
-
-DECODER: Final = msgspec.json.Decoder(_FulfillmentEvent)
-
-
-def normalise(
-    body: bytes,
-    statuses: Mapping[str, EventType],
-    decoder: msgspec.json.Decoder[Any] | None = DECODER,
-) -> TrackingUpdate | Ignored:
+def normalise(reader: FieldReader) -> TrackingUpdate | Ignored:
     """A FulfillmentEvent as a tracking update.
 
     A body with neither ``fulfillment_id`` nor ``happened_at`` is another
     topic's payload (an order, a fulfillment) and is ignored: a webhook's topic
     travels in a header, and normalisation must work from the body alone.
     """
-    reader = reader_for(body, decoder)
     if reader.get(_FULFILLMENT_ID) is MISSING and reader.get(_HAPPENED_AT) is MISSING:
         return Ignored("Shopify payload is not a fulfillment event")
-    tracking_number = reader.identifier(_TRACKING_NUMBER, required=False)
+    tracking_number = reader.identifier(FIELDS.tracking_number, required=False)
     if tracking_number is None:
         tracking_number = reader.identifier(_FULFILLMENT_ID)
-    return tracking_update(
-        reader,
-        statuses=statuses,
-        event_id=reader.identifier(_ID),
-        tracking_number=tracking_number,
-        status=reader.identifier(_STATUS),
-        occurred_at=reader.instant(_HAPPENED_AT),
-        order_id=reader.identifier(_ORDER_ID, required=False),
-    )
+    return FIELDS.read(reader, tracking_number=tracking_number)
 
 
-class ShopifyAdapter(BodyHmacAdapter):
-    kind: ClassVar[str] = "shopify"
-    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
-    HEADER: ClassVar[str] = SIGNATURE_HEADER
-    ENCODING: ClassVar[str] = "base64"
-    __slots__ = ()
-
-    def normalise(self, body: bytes) -> TrackingUpdate | Ignored:
-        return normalise(body, self.statuses)
+RULES: Final = CarrierRules("shopify", STATUSES, SIGNATURE, normalise, DECODER)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import ClassVar, Final
+from typing import Final
 
 import msgspec
 
@@ -19,7 +19,7 @@ from shared.contracts import FieldError, ProblemCode, decode_event
 from shared.settings import decode_secret
 from shared.signing import STANDARD_HEADERS, sign, verify_standard
 
-__all__ = ["StandardAdapter", "normalise_canonical"]
+__all__ = ["StandardAdapter", "dotted_error", "normalise_canonical"]
 
 # msgspec: "Expected `str`, got `int` - at `$.shipment.id`"
 _AT_PATH: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
@@ -45,7 +45,7 @@ def normalise_canonical(body: bytes) -> Canonical:
         raise PayloadError(
             ProblemCode.VALIDATION_FAILED,
             "the body is JSON but not a valid courier event",
-            [_dotted(exc)],
+            [dotted_error(exc)],
         ) from exc
     except msgspec.DecodeError as exc:
         raise PayloadError(ProblemCode.MALFORMED_JSON, f"the body is not JSON: {exc}") from exc
@@ -53,8 +53,13 @@ def normalise_canonical(body: bytes) -> Canonical:
         raise PayloadError(ProblemCode.MALFORMED_JSON, "the body is nested too deeply") from exc
 
 
-def _dotted(exc: msgspec.ValidationError) -> FieldError:
-    """msgspec's error with its path in dotted form: ``$.shipment.id`` -> ``shipment.id``."""
+def dotted_error(exc: msgspec.ValidationError) -> FieldError:
+    """msgspec's error with its path in dotted form: ``$.shipment.id`` -> ``shipment.id``.
+
+    A missing field is named by its own path (``shipment.id``); an error about
+    the whole body has the field ``""``. The API's 422 for a canonical body
+    (``gateway_api.ingest.validation_errors``) starts with this error too.
+    """
     message = str(exc)
     path = ""
     if matched := _AT_PATH.match(message):
@@ -67,7 +72,7 @@ def _dotted(exc: msgspec.ValidationError) -> FieldError:
 class StandardAdapter(Adapter):
     """Standard Webhooks headers over ``{webhook-id}.{webhook-timestamp}.{body}``."""
 
-    kind: ClassVar[str] = "standard"
+    kind = "standard"
     __slots__ = ()
 
     @staticmethod

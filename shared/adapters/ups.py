@@ -9,71 +9,23 @@ derived from (tracking number, status type, GMT activity time).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Final
 
-import msgspec
-from msgspec import UNSET, Struct, UnsetType
-
-from shared.adapters.base import (
-    CarrierAdapter,
-    FieldReader,
-    TrackingUpdate,
-    header,
-    reader_for,
-    tracking_update,
-    verify_token,
-)
+from shared.adapters.base import FieldReader, TrackingUpdate, static_token
+from shared.adapters.carrier import CarrierRules, Fields, vocabulary
 from shared.adapters.pointer import MISSING
 from shared.contracts import EventType
 
-__all__ = ["CREDENTIAL_HEADER", "STATUSES", "UpsAdapter", "normalise", "verify"]
+__all__ = ["DECODER", "FIELDS", "RULES", "SIGNATURE", "STATUSES", "normalise"]
 
-CREDENTIAL_HEADER: Final = "credential"
+SIGNATURE: Final = static_token("credential")
+"""The subscription's ``credential``, sent back as is in a header of that name."""
 
-STATUSES: Final[Mapping[str, EventType]] = {
-    "M": EventType.CREATED,
-    "P": EventType.PICKED_UP,
-    "I": EventType.IN_TRANSIT,
-    "W": EventType.IN_TRANSIT,
-    "DO": EventType.IN_TRANSIT,
-    "DD": EventType.IN_TRANSIT,
-    "O": EventType.OUT_FOR_DELIVERY,
-    "X": EventType.DELIVERY_FAILED,
-    "D": EventType.DELIVERED,
-    "RS": EventType.RETURNED,
-    "MV": EventType.CANCELLED,
-}
-"""``activityStatus.type`` codes; ``NA`` (not available) stays unmapped."""
-
-_TRACKING_NUMBER = ("trackingNumber",)
-_STATUS_TYPE = ("activityStatus", "type")
 _DATE = ("gmtActivityDate",)
 _TIME = ("gmtActivityTime",)
 _DATE_FORMAT: Final = re.compile(r"[0-9]{8}")
 _TIME_FORMAT: Final = re.compile(r"[0-9]{6}")
-
-
-class _ActivityStatus(Struct):
-    type: str | int | UnsetType | None = UNSET
-
-
-class _TrackAlert(Struct):
-    """Only the fields the adapter reads (UPS's own camelCase names); the rest is skipped."""
-
-    trackingNumber: str | int | UnsetType | None = UNSET  # noqa: N815
-    activityStatus: _ActivityStatus | UnsetType | None = UNSET  # noqa: N815
-    gmtActivityDate: str | int | UnsetType | None = UNSET  # noqa: N815
-    gmtActivityTime: str | int | UnsetType | None = UNSET  # noqa: N815
-
-
-DECODER: Final = msgspec.json.Decoder(_TrackAlert)
-
-
-def verify(body: bytes, headers: Mapping[str, str], keys: Sequence[bytes]) -> None:
-    """Accept if the ``credential`` header equals any secret."""
-    verify_token(header(headers, CREDENTIAL_HEADER), keys, CREDENTIAL_HEADER)
 
 
 def _activity_time(reader: FieldReader) -> datetime | None:
@@ -104,41 +56,31 @@ def _activity_time(reader: FieldReader) -> datetime | None:
         return None
 
 
-def normalise(
-    body: bytes,
-    statuses: Mapping[str, EventType],
-    decoder: msgspec.json.Decoder[Any] | None = DECODER,
-) -> TrackingUpdate:
+FIELDS: Final = Fields(
+    tracking_number=("trackingNumber",),
+    status=("activityStatus", "type"),
+    occurred_at=_activity_time,
+)
+DECODER: Final = FIELDS.decoder(_DATE, _TIME)
+
+STATUSES: Final = vocabulary(
+    {
+        EventType.CREATED: ("M",),
+        EventType.PICKED_UP: ("P",),
+        EventType.IN_TRANSIT: ("I", "W", "DO", "DD"),
+        EventType.OUT_FOR_DELIVERY: ("O",),
+        EventType.DELIVERY_FAILED: ("X",),
+        EventType.DELIVERED: ("D",),
+        EventType.RETURNED: ("RS",),
+        EventType.CANCELLED: ("MV",),
+    }
+)
+"""``activityStatus.type`` codes; ``NA`` (not available) stays unmapped."""
+
+
+def normalise(reader: FieldReader) -> TrackingUpdate:
     """A Track Alert activity as a tracking update (every Track Alert is one)."""
-    reader = reader_for(body, decoder)
-    return tracking_update(
-        reader,
-        statuses=statuses,
-        tracking_number=reader.identifier(_TRACKING_NUMBER),
-        status=reader.identifier(_STATUS_TYPE),
-        occurred_at=_activity_time(reader),
-    )
+    return FIELDS.read(reader)
 
 
-def sign(body: bytes, key: bytes) -> dict[str, str]:
-    """The header UPS sends: the subscription's credential, whatever the body."""
-    return {CREDENTIAL_HEADER: key.decode()}
-
-
-class UpsAdapter(CarrierAdapter):
-    kind: ClassVar[str] = "ups"
-    STATUSES: ClassVar[Mapping[str, EventType]] = STATUSES
-    __slots__ = ()
-
-    @property
-    def header_names(self) -> tuple[str, ...]:
-        return (CREDENTIAL_HEADER,)
-
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
-        verify(body, headers, self._keys)
-
-    def normalise(self, body: bytes) -> TrackingUpdate:
-        return normalise(body, self.statuses)
-
-    def sign(self, body: bytes, *, now: float, key_index: int = 0) -> dict[str, str]:
-        return sign(body, self._keys[key_index])
+RULES: Final = CarrierRules("ups", STATUSES, SIGNATURE, normalise, DECODER)

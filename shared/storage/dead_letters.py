@@ -40,13 +40,11 @@ import msgspec
 from bson.binary import Binary
 from msgspec import Struct
 from pymongo import DESCENDING
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.contracts import QueuedEvent, ReplayRef
-from shared.storage.errors import DocumentNotStorable, StoreRejected
+from shared.storage.errors import DocumentNotStorable
 from shared.storage.events import AttemptRecord, ErrorInfo
-from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, translate_errors
+from shared.storage.mongo import DEAD_LETTER_EVENTS, Collection, Document, read_as, translate_errors
 
 __all__ = [
     "DeadLetterDocument",
@@ -57,6 +55,7 @@ __all__ = [
     "PageKey",
     "ReplayOutcome",
     "ReplayRecord",
+    "Selection",
 ]
 
 
@@ -187,19 +186,28 @@ def _stored_body(body: bytes) -> str | Binary:
         return Binary(body)
 
 
-class DeadLetterFilter(Struct, frozen=True, kw_only=True):
-    """Which dead letters a list or bulk replay selects; ``None`` fields select everything.
+class Selection[Time](Struct, frozen=True, kw_only=True):
+    """The fields that select dead letters; ``None`` fields select everything.
 
     ``code`` is ``error.code``; ``since`` (inclusive) and ``until`` (exclusive)
-    bound ``dead_lettered_at`` and must be timezone-aware.
+    bound ``dead_lettered_at``: :class:`DeadLetterFilter` holds them as times, a
+    request that names them as text (``gateway dlq``'s options, the admin API's
+    bulk replay) as ``str``.
     """
 
     source: str | None = None
     code: str | None = None
     reason: DeadLetterReason | None = None
     status: DeadLetterStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Time | None = None
+    until: Time | None = None
+
+
+class DeadLetterFilter(Selection[datetime], frozen=True, kw_only=True):
+    """Which dead letters a list or bulk replay selects; ``None`` fields select everything.
+
+    ``since`` and ``until`` must be timezone-aware.
+    """
 
     def to_query(self) -> Document:
         """The MongoDB filter (each field has an index with ``dead_lettered_at``)."""
@@ -229,11 +237,10 @@ class PageKey(Struct, frozen=True, array_like=True):
     key: str
 
 
-class DeadLetters:
+class DeadLetters(Collection):
     """Domain operations on ``dead_letter_events``: the worker's writes and the operator's."""
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._collection: AsyncCollection[Document] = db[DEAD_LETTER_EVENTS]
+    collection_name = DEAD_LETTER_EVENTS
 
     async def dead_letter(
         self,
@@ -451,13 +458,7 @@ class DeadLetters:
 
 
 def _typed(document: Document) -> DeadLetterDocument:
-    with translate_errors("read_dead_letter"):
-        try:
-            return msgspec.convert(document, DeadLetterDocument)
-        except msgspec.ValidationError as exc:
-            raise StoreRejected(
-                f"dead letter {document.get('_id')!r} does not have the expected shape: {exc}"
-            ) from exc
+    return read_as(DeadLetterDocument, document, "dead letter")
 
 
 def _unchanged(key: str, seen_replays: int) -> Document:

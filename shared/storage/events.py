@@ -25,13 +25,15 @@ from typing import Any, Final
 
 import msgspec
 from msgspec import Struct
-from pymongo import ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
-from shared.storage.errors import StoreRejected
-from shared.storage.mongo import PROCESSED_EVENTS, Document, translate_errors
+from shared.storage.mongo import (
+    PROCESSED_EVENTS,
+    Collection,
+    Document,
+    literal,
+    read_as,
+    translate_errors,
+)
 
 __all__ = [
     "ATTEMPT_LOG_LIMIT",
@@ -41,6 +43,7 @@ __all__ = [
     "Claimed",
     "ErrorInfo",
     "EventStatus",
+    "FailedAttempt",
     "Leased",
     "ProcessedEvent",
     "ProcessedEvents",
@@ -48,6 +51,7 @@ __all__ = [
 
 ATTEMPT_LOG_LIMIT: Final = 20
 """Newest failed attempts kept in ``attempt_log`` (the count in ``attempts`` is exact)."""
+_CLAIMED_FIELDS: Final = {"attempts": True, "attempt_log": True}
 _LEASE_FIELDS: Final = {"lease_until": "", "lease_job_id": "", "lease_owner": "", "lease_token": ""}
 
 
@@ -67,12 +71,9 @@ class ErrorInfo(Struct, frozen=True, kw_only=True):
     message: str
 
 
-class AttemptRecord(Struct, frozen=True, kw_only=True):
-    """One failed attempt, as kept in ``attempt_log`` and in a dead letter's ``attempts``.
-
-    ``retry_in_ms`` (``attempt_log`` only) is the delay chosen before the next
-    attempt; ``None`` when the attempt ended in a dead letter.
-    """
+class FailedAttempt(Struct, frozen=True, kw_only=True):
+    """One failed attempt with docs/contract.md §4.1's fields: an entry of a dead letter's
+    ``attempts``."""
 
     attempt: int
     at: datetime
@@ -80,25 +81,24 @@ class AttemptRecord(Struct, frozen=True, kw_only=True):
     message: str
     transient: bool
     duration_ms: int
+
+
+class AttemptRecord(FailedAttempt, frozen=True, kw_only=True):
+    """One failed attempt, as kept in ``attempt_log`` and in a dead letter's ``attempts``.
+
+    ``retry_in_ms`` (``attempt_log`` only) is the delay chosen before the next
+    attempt; ``None`` when the attempt ended in a dead letter.
+    """
+
     retry_in_ms: int | None = None
 
     def to_document(self) -> Document:
         """The ``attempt_log`` entry."""
-        return {
-            "attempt": self.attempt,
-            "at": self.at,
-            "code": self.code,
-            "message": self.message,
-            "transient": self.transient,
-            "duration_ms": self.duration_ms,
-            "retry_in_ms": self.retry_in_ms,
-        }
+        return msgspec.structs.asdict(self)
 
     def to_dead_letter_document(self) -> Document:
-        """The entry of a dead letter's ``attempts`` list (docs/contract.md §4.1's fields)."""
-        document = self.to_document()
-        del document["retry_in_ms"]
-        return document
+        """The entry of a dead letter's ``attempts`` list (:class:`FailedAttempt`'s fields)."""
+        return {name: getattr(self, name) for name in FailedAttempt.__struct_fields__}
 
 
 class ProcessedEvent(Struct, frozen=True, kw_only=True, rename={"key": "_id"}):
@@ -144,11 +144,10 @@ class Leased(Struct, frozen=True):
 Claim = Claimed | AlreadyDone | Leased
 
 
-class ProcessedEvents:
+class ProcessedEvents(Collection):
     """Domain operations on ``processed_events``; every PyMongo error is translated."""
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._collection: AsyncCollection[Document] = db[PROCESSED_EVENTS]
+    collection_name = PROCESSED_EVENTS
 
     async def claim(
         self,
@@ -180,31 +179,26 @@ class ProcessedEvents:
         if replay:
             claimable.append({"status": EventStatus.DEAD_LETTERED})
         query = {"_id": key, "$or": claimable}
-        update = _claim_pipeline(
-            source=source,
-            event_id=event_id,
-            job_id=job_id,
-            owner=owner,
-            token=token,
-            now=now,
-            lease_until=now + timedelta(seconds=lease_s),
-            body=body,
-        )
+        # Kept as first written: the courier's body byte-exact (BSON binary) for the
+        # console's timeline, set by the first claim in the write that happens anyway.
+        kept: Document = {
+            "source": literal(source),
+            "event_id": literal(event_id),
+            "first_seen_at": now,
+            **({} if body is None else {"body": literal(body)}),
+        }
+        lease: Document = {
+            "lease_until": now + timedelta(seconds=lease_s),
+            "lease_job_id": literal(job_id),
+            "lease_owner": literal(owner),
+            "lease_token": literal(token),
+        }
+        update = _claim_pipeline(kept, lease, now)
         # The slow path runs at most twice: a lease that expired or a key that
         # became `retrying` between the failed upsert and the read is claimed again.
         for _ in range(2):
-            with translate_errors("claim"):
-                try:
-                    document = await self._collection.find_one_and_update(
-                        query,
-                        update,
-                        projection={"attempts": True, "attempt_log": True},
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
-                    )
-                except DuplicateKeyError:
-                    # The key exists and is not claimable by this run: find out why.
-                    document = None
+            # None: the key exists and is not claimable by this run; the read finds out why.
+            document = await self._upsert("claim", query, update, _CLAIMED_FIELDS)
             if document is not None:
                 return Claimed(
                     attempts=int(document.get("attempts", 0)),
@@ -247,23 +241,13 @@ class ProcessedEvents:
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
     ) -> bool:
         """Count a failed attempt and set ``retrying``; ``False`` if the lease was lost."""
-        return await self._end_run(
-            "record_failure",
-            {"_id": key, "lease_token": token},
-            {"status": EventStatus.RETRYING, "updated_at": now},
-            attempt,
-        )
+        return await self._count_attempt(key, token, attempt, now, final=False)
 
     async def mark_dead_lettered(
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
     ) -> bool:
         """Count the final attempt and set ``dead_lettered``; ``False`` if the lease was lost."""
-        return await self._end_run(
-            "mark_dead_lettered",
-            {"_id": key, "lease_token": token},
-            {"status": EventStatus.DEAD_LETTERED, "completed_at": now, "updated_at": now},
-            attempt,
-        )
+        return await self._count_attempt(key, token, attempt, now, final=True)
 
     async def release(self, key: str, *, token: str, now: datetime) -> bool:
         """Give the lease back without counting an attempt (the run was cancelled)."""
@@ -272,6 +256,17 @@ class ProcessedEvents:
             {"_id": key, "lease_token": token, "status": EventStatus.PROCESSING},
             {"status": EventStatus.RETRYING, "updated_at": now},
         )
+
+    async def _count_attempt(
+        self, key: str, token: str, attempt: AttemptRecord, now: datetime, *, final: bool
+    ) -> bool:
+        """End the run with its failed ``attempt``: ``dead_lettered`` if ``final``, else
+        ``retrying``."""
+        fields: Document = {"status": EventStatus.RETRYING, "updated_at": now}
+        if final:
+            fields.update(status=EventStatus.DEAD_LETTERED, completed_at=now)
+        operation = "mark_dead_lettered" if final else "record_failure"
+        return await self._end_run(operation, {"_id": key, "lease_token": token}, fields, attempt)
 
     async def _end_run(
         self,
@@ -337,31 +332,14 @@ class ProcessedEvents:
 
 
 def _typed(document: Document) -> ProcessedEvent:
-    try:
-        return msgspec.convert(document, ProcessedEvent)
-    except msgspec.ValidationError as exc:
-        raise StoreRejected(
-            f"processed event {document.get('_id')!r} does not have the expected shape: {exc}"
-        ) from exc
+    return read_as(ProcessedEvent, document, "processed event")
 
 
-def _claim_pipeline(
-    *,
-    source: str,
-    event_id: str,
-    job_id: str,
-    owner: str,
-    token: str,
-    now: datetime,
-    lease_until: datetime,
-    body: bytes | None = None,
-) -> list[Document]:
+def _claim_pipeline(kept: Document, lease: Document, now: datetime) -> list[Document]:
     # An update pipeline (not operators) so that a replay's claim of a
     # dead-lettered key can restart the attempt count in the same round trip.
     fields: dict[str, Any] = {
-        "source": {"$ifNull": ["$source", _literal(source)]},
-        "event_id": {"$ifNull": ["$event_id", _literal(event_id)]},
-        "first_seen_at": {"$ifNull": ["$first_seen_at", now]},
+        **{name: {"$ifNull": ["$" + name, value]} for name, value in kept.items()},
         "attempts": {
             "$cond": [
                 {"$eq": ["$status", EventStatus.DEAD_LETTERED]},
@@ -370,19 +348,8 @@ def _claim_pipeline(
             ]
         },
         "attempt_log": {"$ifNull": ["$attempt_log", []]},
-        # The courier's body byte-exact (BSON binary) for the console's timeline, set
-        # by the first claim in the write that happens anyway.
-        **({} if body is None else {"body": {"$ifNull": ["$body", _literal(body)]}}),
-        "status": _literal(EventStatus.PROCESSING),
-        "lease_until": lease_until,
-        "lease_job_id": _literal(job_id),
-        "lease_owner": _literal(owner),
-        "lease_token": _literal(token),
+        "status": literal(EventStatus.PROCESSING),
+        **lease,
         "updated_at": now,
     }
     return [{"$set": fields}, {"$unset": ["completed_at"]}]
-
-
-def _literal(value: object) -> Document:
-    # Strings from couriers may start with "$"; in a pipeline that would be a field path.
-    return {"$literal": value}

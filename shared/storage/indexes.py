@@ -46,6 +46,14 @@ __all__ = ["IndexAction", "IndexChange", "IndexSpec", "ensure_indexes", "index_s
 
 _COMMAND_NOT_FOUND: Final = 59
 _INDEX_CONFLICT_CODES: Final = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
+_SEARCHED_FIELDS: Final = (
+    (PROCESSED_EVENTS, "event_id"),
+    (SHIPMENTS, "shipment_id"),
+    (SHIPMENTS, "tracking_number"),
+)
+"""What the console's search looks up exactly: event id, shipment id, tracking number."""
+_FILTERED_FIELDS: Final = ("status", "source", "error.code", "reason")
+"""Dead-letter fields the list filters on alone (``dead_letters.Selection``'s)."""
 MAX_TTL_S: Final = 2_147_483_647
 """Largest ``expireAfterSeconds`` MongoDB accepts (a signed 32-bit integer)."""
 
@@ -106,21 +114,10 @@ def index_specs(dedupe_ttl_s: int) -> list[IndexSpec]:
             name="status_updated_at",
             keys=(("status", ASCENDING), ("updated_at", DESCENDING)),
         ),
-        # The console's search (docs/contract.md §3.5): by event id, shipment id, tracking number.
-        IndexSpec(
-            collection=PROCESSED_EVENTS,
-            name="event_id",
-            keys=(("event_id", ASCENDING),),
-        ),
-        IndexSpec(
-            collection=SHIPMENTS,
-            name="shipment_id",
-            keys=(("shipment_id", ASCENDING),),
-        ),
-        IndexSpec(
-            collection=SHIPMENTS,
-            name="tracking_number",
-            keys=(("tracking_number", ASCENDING),),
+        # The console's search (docs/contract.md §3.5): each field under its own name.
+        *(
+            IndexSpec(collection=collection, name=field, keys=((field, ASCENDING),))
+            for collection, field in _SEARCHED_FIELDS
         ),
         # The console's overview groups pending dead letters by code (covered by the
         # prefix) and its list is mostly "pending with this code".
@@ -135,25 +132,14 @@ def index_specs(dedupe_ttl_s: int) -> list[IndexSpec]:
             keys=(("idempotency_key", ASCENDING),),
             unique=True,
         ),
-        IndexSpec(
-            collection=DEAD_LETTER_EVENTS,
-            name="status_dead_lettered_at",
-            keys=(("status", ASCENDING), *by_time),
-        ),
-        IndexSpec(
-            collection=DEAD_LETTER_EVENTS,
-            name="source_dead_lettered_at",
-            keys=(("source", ASCENDING), *by_time),
-        ),
-        IndexSpec(
-            collection=DEAD_LETTER_EVENTS,
-            name="error_code_dead_lettered_at",
-            keys=(("error.code", ASCENDING), *by_time),
-        ),
-        IndexSpec(
-            collection=DEAD_LETTER_EVENTS,
-            name="reason_dead_lettered_at",
-            keys=(("reason", ASCENDING), *by_time),
+        # One per filter field of the dead-letter list, each ending in the list's sort.
+        *(
+            IndexSpec(
+                collection=DEAD_LETTER_EVENTS,
+                name=f"{field.replace('.', '_')}_dead_lettered_at",
+                keys=((field, ASCENDING), *by_time),
+            )
+            for field in _FILTERED_FIELDS
         ),
         IndexSpec(
             collection=DEAD_LETTER_EVENTS,

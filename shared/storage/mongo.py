@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
+import msgspec
 from bson.errors import BSONError
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
+    DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
     NotPrimaryError,
@@ -33,9 +36,12 @@ __all__ = [
     "DEAD_LETTER_EVENTS",
     "PROCESSED_EVENTS",
     "SHIPMENTS",
+    "Collection",
     "Document",
+    "literal",
     "open_mongo",
     "ping",
+    "read_as",
     "server_says_retry",
     "translate_errors",
 ]
@@ -189,3 +195,51 @@ async def topology(db: AsyncDatabase[Document]) -> dict[str, str | int]:
         "primary": str(hello.get("primary", "")),
         "members": len(hello.get("hosts", ())),
     }
+
+
+class Collection:
+    """Base of the domain classes over one collection: ``collection_name``, as ``_collection``."""
+
+    collection_name: ClassVar[str]
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._collection: AsyncCollection[Document] = db[self.collection_name]
+
+    async def _upsert(
+        self, operation: str, query: Document, update: Document | list[Document], shown: Document
+    ) -> Document | None:
+        """One upserting ``findAndModify`` returning the post-image's ``shown`` fields.
+
+        ``None`` when the upsert hit ``_id``'s unique index: the document exists but
+        ``query`` did not match it, or another writer inserted it first.
+        """
+        with translate_errors(operation):
+            try:
+                return await self._collection.find_one_and_update(
+                    query,
+                    update,
+                    projection=shown,
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                return None
+
+
+def read_as[T](kind: type[T], document: Document, what: str) -> T:
+    """``document`` as the Struct ``kind``; :class:`StoreRejected` if it has another shape.
+
+    ``what`` names the document in the message (``"dead letter"``, ``"processed event"``).
+    """
+    try:
+        return msgspec.convert(document, kind)
+    except msgspec.ValidationError as exc:
+        raise StoreRejected(
+            f"{what} {document.get('_id')!r} does not have the expected shape: {exc}"
+        ) from exc
+
+
+def literal(value: object) -> Document:
+    """``value`` as a pipeline literal: courier strings may start with ``$``, which an
+    aggregation pipeline would read as a field path."""
+    return {"$literal": value}

@@ -43,19 +43,16 @@ from datetime import datetime
 from typing import Any, Final
 
 from msgspec import Struct
-from pymongo import ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from shared.contracts import TERMINAL_STATUSES, CourierEvent
 from shared.storage.errors import StoreRejected
-from shared.storage.mongo import SHIPMENTS, Document, translate_errors
+from shared.storage.mongo import SHIPMENTS, Collection, Document, literal, translate_errors
 
 __all__ = ["HISTORY_LIMIT", "Decision", "Outcome", "Shipments", "shipment_key"]
 
 HISTORY_LIMIT: Final = 50
 """Most recent applied events kept in a shipment's ``history``."""
+_DECIDED_FIELDS: Final = {"status": True, "last_apply": True}
 
 
 class Outcome(enum.StrEnum):
@@ -85,11 +82,10 @@ def shipment_key(source: str, shipment_id: str) -> str:
     return f"{source}:{shipment_id}"
 
 
-class Shipments:
+class Shipments(Collection):
     """Domain operations on ``active_shipments``."""
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._collection: AsyncCollection[Document] = db[SHIPMENTS]
+    collection_name = SHIPMENTS
 
     async def apply_event(self, source: str, event: CourierEvent, *, now: datetime) -> Decision:
         """Apply ``event`` as the rules decide; the outcome and the status after it.
@@ -103,24 +99,11 @@ class Shipments:
         # Two first events of one shipment may both try to insert; the loser
         # retries once and then finds the document (real MongoDB retries this
         # upsert itself; not every wire-compatible server does).
-        for attempt in range(2):
-            with translate_errors("apply_event"):
-                try:
-                    after = await self._collection.find_one_and_update(
-                        query,
-                        pipeline,
-                        projection={"status": True, "last_apply": True},
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
-                    )
-                except DuplicateKeyError:
-                    if attempt == 1:
-                        raise
-                    continue
-            if after is None:  # pragma: no cover - an upsert returning "after" returns one
-                raise StoreRejected("apply_event: findAndModify returned no document")
-            return Decision(Outcome(after["last_apply"]["outcome"]), after["status"])
-        raise AssertionError("unreachable")  # pragma: no cover
+        for _ in range(2):
+            after = await self._upsert("apply_event", query, pipeline, _DECIDED_FIELDS)
+            if after is not None:
+                return Decision(Outcome(after["last_apply"]["outcome"]), after["status"])
+        raise StoreRejected("apply_event: the shipment's upsert lost the race for its _id twice")
 
     async def get(self, source: str, shipment_id: str) -> Document | None:
         """The shipment's document (without ``last_apply``), or ``None``."""
@@ -130,11 +113,6 @@ class Shipments:
             )
 
 
-def _literal(value: object) -> Document:
-    # Courier strings may start with "$", which a pipeline would read as a field path.
-    return {"$literal": value}
-
-
 def _order_id(event: CourierEvent) -> str | None:
     """The event's order id; ``None`` for a carrier event that sent none (empty)."""
     return event.shipment.order_id or None
@@ -142,7 +120,7 @@ def _order_id(event: CourierEvent) -> str | None:
 
 def _verdict(event: CourierEvent) -> Document:
     """The rules, in order, as one ``$switch`` over the stored document."""
-    status = _literal(event.event_type.status)
+    status = literal(event.event_type.status)
     occurred_at = event.occurred_at
     order_id = _order_id(event)
     # Numbered as in the module docstring; rule 6 is the default.
@@ -151,7 +129,7 @@ def _verdict(event: CourierEvent) -> Document:
         ({"$eq": [{"$ifNull": ["$status", None]}, None]}, Outcome.APPLIED),
         # 2. already in history
         (
-            {"$in": [_literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
+            {"$in": [literal(event.event_id), {"$ifNull": ["$history.event_id", []]}]},
             Outcome.ALREADY_APPLIED,
         ),
         # 3. another order (both known)
@@ -163,7 +141,7 @@ def _verdict(event: CourierEvent) -> Document:
                     {
                         "$and": [
                             {"$ne": [{"$ifNull": ["$order_id", None]}, None]},
-                            {"$ne": ["$order_id", _literal(order_id)]},
+                            {"$ne": ["$order_id", literal(order_id)]},
                         ]
                     },
                     Outcome.ORDER_MISMATCH,
@@ -198,13 +176,13 @@ def _apply_pipeline(source: str, event: CourierEvent, now: datetime) -> list[Doc
         return {"$cond": [moves, value, "$" + field]}
 
     tracking: object = (
-        _literal(event.shipment.tracking_number)
+        literal(event.shipment.tracking_number)
         if event.shipment.tracking_number is not None
         else {"$ifNull": ["$tracking_number", None]}
     )
     entry = {
-        "event_id": _literal(event.event_id),
-        "status": _literal(status),
+        "event_id": literal(event.event_id),
+        "status": literal(status),
         "occurred_at": event.occurred_at,
         "applied_at": now,
     }
@@ -212,17 +190,17 @@ def _apply_pipeline(source: str, event: CourierEvent, now: datetime) -> list[Doc
         "$slice": [{"$concatArrays": [{"$ifNull": ["$history", []]}, [entry]]}, -HISTORY_LIMIT]
     }
     write: dict[str, Any] = {
-        "source": {"$ifNull": ["$source", _literal(source)]},
-        "shipment_id": {"$ifNull": ["$shipment_id", _literal(event.shipment.id)]},
-        "order_id": {"$ifNull": ["$order_id", _literal(_order_id(event))]},
+        "source": {"$ifNull": ["$source", literal(source)]},
+        "shipment_id": {"$ifNull": ["$shipment_id", literal(event.shipment.id)]},
+        "order_id": {"$ifNull": ["$order_id", literal(_order_id(event))]},
         "tracking_number": {"$cond": [moves, tracking, {"$ifNull": ["$tracking_number", None]}]},
-        "status": when_moves(_literal(status), "status"),
-        "last_event_id": when_moves(_literal(event.event_id), "last_event_id"),
+        "status": when_moves(literal(status), "status"),
+        "last_event_id": when_moves(literal(event.event_id), "last_event_id"),
         "last_event_at": when_moves(event.occurred_at, "last_event_at"),
         "history": {"$cond": [recorded, history, "$history"]},
         "created_at": {"$ifNull": ["$created_at", now]},
         "updated_at": {"$cond": [recorded, now, "$updated_at"]},
     }
     # Stage 1 decides from the stored document; stage 2 sees the verdict.
-    verdict = {"event_id": _literal(event.event_id), "outcome": _verdict(event)}
+    verdict = {"event_id": literal(event.event_id), "outcome": _verdict(event)}
     return [{"$set": {"last_apply": verdict}}, {"$set": write}]

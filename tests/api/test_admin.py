@@ -18,15 +18,17 @@ import pytest
 from arq.connections import ArqRedis
 from pymongo.asynchronous.database import AsyncDatabase
 
-from gateway_worker.jobs import EventProcessor
-from scripts.harness.mock_downstream import MockDownstreamClient
-from shared.settings import Settings
-from shared.storage.dead_letters import DeadLetterReason
 from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
-from tests.api.expect import assert_problem
-from tests.factories import T0, write_filter_letters, write_letter
-from tests.plugins.servers import snapshot
-from tests.plugins.worker import drain, outage_dead_letters
+from tests.api.expect import assert_bad_request, assert_problem, get_json
+from tests.factories import (
+    write_filter_letters,
+    write_letter,
+    write_letters,
+    write_permanent_letter,
+)
+from tests.plugins.dlq import Outage, assert_discarded
+from tests.plugins.servers import unchanged
+from tests.plugins.worker import stored_letter
 
 ClientFor = Callable[..., Awaitable[httpx.AsyncClient]]
 TOKEN = "adm_" + secrets.token_urlsafe(24)  # generated per run
@@ -49,6 +51,11 @@ async def admin(client_for: ClientFor) -> httpx.AsyncClient:
     return await client_for(admin_token=TOKEN)
 
 
+async def admin_json(admin: httpx.AsyncClient, path: str, **params: str) -> Any:
+    """GET ``/v1/admin{path}`` with the token; it must answer 200. The JSON answer."""
+    return await get_json(admin, f"/v1/admin{path}", params=params, headers=AUTH)
+
+
 # ── access ──────────────────────────────────────────────────────────────────
 
 
@@ -63,9 +70,8 @@ async def test_every_admin_route_answers_404_like_an_unknown_route_when_no_token
         body = assert_problem(response, 404, "not_found")
         unknown = await client.request(method, "/v1/nothing-here", headers=headers)
         assert body["detail"] == unknown.json()["detail"]
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": KEY})
-    assert letter is not None
-    assert (letter["status"], letter["replays"]) == ("pending", [])
+    letter = await stored_letter(mongo_db, KEY)
+    assert (letter.status, letter.replays) == ("pending", ())
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -83,15 +89,14 @@ async def test_every_admin_route_answers_401_without_the_right_bearer_token(
     authorization: str | None,
 ) -> None:
     await write_letter(mongo_db, "evt_1")
-    before = await snapshot(mongo_db, redis)
     headers = {} if authorization is None else {"authorization": authorization}
-    # A malformed query/body must not leak past the guard either.
-    response = await admin.request(
-        method, path, headers=headers, params={"limit": "oops"}, content=b"{not json"
-    )
-    assert_problem(response, 401, "unauthorized")
-    assert response.headers["www-authenticate"].startswith("Bearer")
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        # A malformed query/body must not leak past the guard either.
+        response = await admin.request(
+            method, path, headers=headers, params={"limit": "oops"}, content=b"{not json"
+        )
+        assert_problem(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 async def test_the_bearer_scheme_is_case_insensitive(
@@ -109,15 +114,10 @@ async def test_the_bearer_scheme_is_case_insensitive(
 
 @pytest.mark.parametrize("path_key", ["acme:evt_1", "acme%3Aevt_1"], ids=["colon", "encoded"])
 async def test_event_endpoint_reports_status_attempts_and_last_error_for_a_key_with_a_colon(
-    admin: httpx.AsyncClient,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    path_key: str,
+    admin: httpx.AsyncClient, outage: Outage, path_key: str
 ) -> None:
-    await outage_dead_letters(processor, downstream, "evt_1")
-    response = await admin.get(f"/v1/admin/events/{path_key}", headers=AUTH)
-    assert response.status_code == 200, response.text
-    record = response.json()
+    await outage.dead_letter("evt_1")
+    record = await admin_json(admin, f"/events/{path_key}")
     assert (record["idempotency_key"], record["status"], record["attempts"]) == (
         KEY,
         "dead_lettered",
@@ -144,9 +144,8 @@ async def test_list_filters_select_exactly_the_matching_entries_and_pages_with_t
     await mongo_db[DEAD_LETTER_EVENTS].update_one({"_id": c}, {"$set": {"status": "replayed"}})
 
     async def keys(**params: str) -> list[str]:
-        response = await admin.get("/v1/admin/dead-letters", params=params, headers=AUTH)
-        assert response.status_code == 200, response.text
-        return [item["idempotency_key"] for item in response.json()["items"]]
+        listed = await admin_json(admin, "/dead-letters", **params)
+        return [item["idempotency_key"] for item in listed["items"]]
 
     assert await keys() == [c, b, a]
     assert await keys(source="legacy") == [c]
@@ -160,46 +159,58 @@ async def test_list_filters_select_exactly_the_matching_entries_and_pages_with_t
 
     first = (await admin.get("/v1/admin/dead-letters?limit=2", headers=AUTH)).json()
     assert [i["idempotency_key"] for i in first["items"]] == [c, b]
-    second = await admin.get(
-        "/v1/admin/dead-letters",
-        params={"limit": "2", "cursor": first["next_cursor"]},
-        headers=AUTH,
+    second = await admin_json(admin, "/dead-letters", limit="2", cursor=first["next_cursor"])
+    assert second == {"items": second["items"], "next_cursor": None}
+    assert [i["idempotency_key"] for i in second["items"]] == [a]
+
+
+LIST_PARAMETERS: list[tuple[dict[str, str], str]] = [
+    ({"limit": "0"}, "limit must be an integer from 1 to 500"),
+    ({"limit": "501"}, "limit must be an integer from 1 to 500"),
+    ({"limit": "ten"}, "limit must be an integer from 1 to 500"),
+    ({"reason": "boredom"}, "reason must be one of permanent, retries_exhausted"),
+    ({"status": "lost"}, "status must be one of pending, replayed, discarded"),
+    ({"since": "last tuesday"}, "since: 'last tuesday' is not an RFC 3339 time"),
+    ({"until": "soon"}, "until: 'soon' is not an RFC 3339 time"),
+    ({"cursor": "garbage"}, "cursor is not one this service returned"),
+]
+BULK_REPLAY_BODIES: list[tuple[dict[str, Any], str]] = [
+    ({"status": "discarded"}, "only pending dead letters can be replayed"),
+    ({"limit": 0}, "Expected `int` >= 1"),
+    ({"limit": 501}, "Expected `int` <= 500"),
+    ({"rate_per_s": 0}, "Expected `float` > 0.0"),
+    ({"reason": "boredom"}, "Invalid enum value 'boredom'"),
+    ({"since": "whenever"}, "since: 'whenever' is not an RFC 3339 time"),
+]
+INVALID_PARAMETERS = [
+    pytest.param("GET", "/v1/admin/dead-letters", {"params": query}, message, id=f"list-{query}")
+    for query, message in LIST_PARAMETERS
+] + [
+    pytest.param(
+        "POST", "/v1/admin/dead-letters/replay", {"json": body}, message, id=f"bulk-{body}"
     )
-    assert second.json() == {"items": second.json()["items"], "next_cursor": None}
-    assert [i["idempotency_key"] for i in second.json()["items"]] == [a]
+    for body, message in BULK_REPLAY_BODIES
+]
 
 
-@pytest.mark.parametrize(
-    ("params", "message"),
-    [
-        ({"limit": "0"}, "limit must be an integer from 1 to 500"),
-        ({"limit": "501"}, "limit must be an integer from 1 to 500"),
-        ({"limit": "ten"}, "limit must be an integer from 1 to 500"),
-        ({"reason": "boredom"}, "reason must be one of permanent, retries_exhausted"),
-        ({"status": "lost"}, "status must be one of pending, replayed, discarded"),
-        ({"since": "last tuesday"}, "since: 'last tuesday' is not an RFC 3339 time"),
-        ({"until": "soon"}, "until: 'soon' is not an RFC 3339 time"),
-        ({"cursor": "garbage"}, "cursor is not one this service returned"),
-    ],
-)
-async def test_invalid_list_parameters_answer_400_saying_which_and_why(
-    admin: httpx.AsyncClient, params: dict[str, str], message: str
+@pytest.mark.parametrize(("method", "path", "request_parts", "message"), INVALID_PARAMETERS)
+async def test_invalid_list_or_bulk_replay_parameters_answer_400_saying_which_and_why(
+    admin: httpx.AsyncClient,
+    method: str,
+    path: str,
+    request_parts: dict[str, Any],
+    message: str,
 ) -> None:
-    response = await admin.get("/v1/admin/dead-letters", params=params, headers=AUTH)
-    body = assert_problem(response, 400, "bad_request")
-    assert message in body["detail"]
+    response = await admin.request(method, path, headers=AUTH, **request_parts)
+    assert_bad_request(response, message)
 
 
 async def test_show_returns_the_event_every_attempt_and_every_replay(
-    admin: httpx.AsyncClient,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
+    admin: httpx.AsyncClient, outage: Outage
 ) -> None:
-    await outage_dead_letters(processor, downstream, "evt_1")
+    await outage.dead_letter("evt_1")
     await admin.post(f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH, json={"by": "carol"})
-    response = await admin.get(f"/v1/admin/dead-letters/{KEY}", headers=AUTH)
-    assert response.status_code == 200, response.text
-    detail = response.json()
+    detail = await admin_json(admin, f"/dead-letters/{KEY}")
     assert (detail["idempotency_key"], detail["status"], detail["reason"]) == (
         KEY,
         "pending",
@@ -219,15 +230,9 @@ async def test_show_returns_the_event_every_attempt_and_every_replay(
 
 
 async def test_replay_one_queues_once_then_reports_in_flight_then_already_replayed(
-    admin: httpx.AsyncClient,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    admin: httpx.AsyncClient, outage: Outage, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    await outage_dead_letters(processor, downstream, "evt_1")
-    await downstream.control(always={})
+    await outage.dead_letter("evt_1", fixed=True)
     path = f"/v1/admin/dead-letters/{KEY}/replay"
 
     first = await admin.post(path, headers=AUTH)
@@ -235,42 +240,35 @@ async def test_replay_one_queues_once_then_reports_in_flight_then_already_replay
     assert (first.json()["action"], first.json()["job_id"]) == ("enqueued", f"replay/1/{KEY}")
     second = await admin.post(path, headers=AUTH, json={"by": "dave"})
     assert (second.status_code, second.json()["action"]) == (200, "in_flight")
-    assert await drain(redis, settings.queue_name, processor) == {f"replay/1/{KEY}": "succeeded"}
+    assert await outage.drain() == {f"replay/1/{KEY}": "succeeded"}
     third = await admin.post(path, headers=AUTH)
     assert (third.status_code, third.json()["action"]) == (200, "already_replayed")
 
-    assert (await downstream.deliveries()).ok == {KEY: 1}
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": KEY})
-    assert letter is not None
-    assert [(r["by"], r["outcome"]) for r in letter["replays"]] == [("admin-api", "succeeded")]
+    assert await outage.delivered() == {KEY: 1}
+    letter = await stored_letter(mongo_db, KEY)
+    assert [(r.by, r.outcome) for r in letter.replays] == [("admin-api", "succeeded")]
 
 
 async def test_replay_one_dry_run_changes_nothing(
     admin: httpx.AsyncClient, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
     await write_letter(mongo_db, "evt_1")
-    before = await snapshot(mongo_db, redis)
-    response = await admin.post(
-        f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH, json={"dry_run": True}
-    )
-    assert response.status_code == 200, response.text
-    assert (response.json()["action"], response.json()["dry_run"]) == ("would_enqueue", True)
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        response = await admin.post(
+            f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH, json={"dry_run": True}
+        )
+        assert response.status_code == 200, response.text
+        assert (response.json()["action"], response.json()["dry_run"]) == ("would_enqueue", True)
 
 
 async def test_replay_of_an_event_that_already_succeeded_is_a_200_no_op(
-    admin: httpx.AsyncClient,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    mongo_db: AsyncDatabase[Document],
-    redis: ArqRedis,
-    settings: Settings,
+    admin: httpx.AsyncClient, outage: Outage, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    await outage_dead_letters(processor, downstream, "evt_1")
+    await outage.dead_letter("evt_1")
     await mongo_db[PROCESSED_EVENTS].update_one({"_id": KEY}, {"$set": {"status": "succeeded"}})
     response = await admin.post(f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH)
     assert (response.status_code, response.json()["action"]) == (200, "already_succeeded")
-    assert await redis.zcard(settings.queue_name) == 0
+    assert await outage.queued() == 0
 
 
 @pytest.mark.parametrize(
@@ -287,7 +285,7 @@ async def test_replay_one_with_an_invalid_body_is_400(
 ) -> None:
     await write_letter(mongo_db, "evt_1")
     response = await admin.post(f"/v1/admin/dead-letters/{KEY}/replay", headers=AUTH, content=body)
-    assert message in assert_problem(response, 400, "bad_request")["detail"]
+    assert_bad_request(response, message)
 
 
 async def test_replay_of_unknown_or_discarded_entries_is_404_or_409(
@@ -302,21 +300,19 @@ async def test_replay_of_unknown_or_discarded_entries_is_404_or_409(
 
 
 async def test_bulk_replay_takes_the_filters_limit_and_dry_run(
-    admin: httpx.AsyncClient, mongo_db: AsyncDatabase[Document], redis: ArqRedis, settings: Settings
+    admin: httpx.AsyncClient, outage: Outage, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
-    for i in range(3):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(minutes=i))
-    await write_letter(mongo_db, "evt_om", code="order_mismatch", reason=DeadLetterReason.PERMANENT)
+    await write_letters(mongo_db, 3, every=timedelta(minutes=1))
+    await write_permanent_letter(mongo_db, "evt_om")
     await write_letter(mongo_db, "evt_l", source="legacy")
     filters = {"source": "acme", "code": "downstream_unavailable"}
-    before = await snapshot(mongo_db, redis)
 
-    dry = await admin.post(
-        "/v1/admin/dead-letters/replay", headers=AUTH, json={**filters, "dry_run": True}
-    )
-    assert dry.status_code == 200, dry.text
-    assert dry.json()["summary"]["would_enqueue"] == 3
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        dry = await admin.post(
+            "/v1/admin/dead-letters/replay", headers=AUTH, json={**filters, "dry_run": True}
+        )
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["summary"]["would_enqueue"] == 3
 
     run = await admin.post(
         "/v1/admin/dead-letters/replay",
@@ -327,25 +323,7 @@ async def test_bulk_replay_takes_the_filters_limit_and_dry_run(
     answer = run.json()
     assert (answer["summary"]["matched"], answer["summary"]["enqueued"]) == (2, 2)
     assert [r["idempotency_key"] for r in answer["results"]] == ["acme:evt_2", "acme:evt_1"]
-    assert await redis.zcard(settings.queue_name) == 2
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ({"status": "discarded"}, "only pending dead letters can be replayed"),
-        ({"limit": 0}, "Expected `int` >= 1"),
-        ({"limit": 501}, "Expected `int` <= 500"),
-        ({"rate_per_s": 0}, "Expected `float` > 0.0"),
-        ({"reason": "boredom"}, "Invalid enum value 'boredom'"),
-        ({"since": "whenever"}, "since: 'whenever' is not an RFC 3339 time"),
-    ],
-)
-async def test_bulk_replay_with_invalid_parameters_is_400(
-    admin: httpx.AsyncClient, body: dict[str, Any], message: str
-) -> None:
-    response = await admin.post("/v1/admin/dead-letters/replay", headers=AUTH, json=body)
-    assert message in assert_problem(response, 400, "bad_request")["detail"]
+    assert await outage.queued() == 2
 
 
 # ── discard ─────────────────────────────────────────────────────────────────
@@ -360,11 +338,12 @@ async def test_discard_without_a_reason_is_refused_and_changes_nothing(
     admin: httpx.AsyncClient, mongo_db: AsyncDatabase[Document], redis: ArqRedis, body: bytes
 ) -> None:
     await write_letter(mongo_db, "evt_1")
-    before = await snapshot(mongo_db, redis)
-    response = await admin.post(f"/v1/admin/dead-letters/{KEY}/discard", headers=AUTH, content=body)
-    problem = assert_problem(response, 400, "bad_request")
-    assert "reason" in problem["detail"] or "body is required" in problem["detail"]
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        response = await admin.post(
+            f"/v1/admin/dead-letters/{KEY}/discard", headers=AUTH, content=body
+        )
+        problem = assert_problem(response, 400, "bad_request")
+        assert "reason" in problem["detail"] or "body is required" in problem["detail"]
 
 
 async def test_discard_records_reason_and_operator(
@@ -384,13 +363,7 @@ async def test_discard_records_reason_and_operator(
         "discarded_by": "frank",
         "already_discarded": False,
     }
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": KEY})
-    assert letter is not None
-    assert (letter["status"], letter["discard_reason"], letter["discarded_by"]) == (
-        "discarded",
-        "order corrected upstream",
-        "frank",
-    )
+    await assert_discarded(mongo_db, KEY, "order corrected upstream", "frank")
     missing = await admin.post(
         "/v1/admin/dead-letters/acme:nope/discard", headers=AUTH, json={"reason": "x"}
     )

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from scripts.harness.services import free_port
+from tests.api.expect import get_json
 from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 
 
@@ -19,10 +20,7 @@ async def test_liveness_is_200(client: httpx.AsyncClient) -> None:
 async def test_readiness_reports_both_dependencies_with_latency(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.get("/health/ready")
-
-    assert response.status_code == 200
-    body = response.json()
+    body = await get_json(client, "/health/ready")
     assert body["status"] == "ok"
     assert set(body["checks"]) == {"redis", "mongo"}
     for check in body["checks"].values():

@@ -18,6 +18,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +50,14 @@ SETTLE_S = 30.0
 GATEWAY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "gateway"
 
 
+@dataclass
 class Stack:
     """The API client, the settings, and the store the worker writes to."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        settings: Settings,
-        db: AsyncDatabase[Document],
-        redis: ArqRedis,
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.db = db
-        self.redis = redis
+    client: httpx.AsyncClient
+    settings: Settings
+    db: AsyncDatabase[Document]
+    redis: ArqRedis
 
     def service(self) -> DeadLetterService:
         """The service behind ``gateway dlq`` and the admin API."""

@@ -22,7 +22,7 @@ from shared.contracts import EventType
 from shared.queue import serialize
 from shared.settings import Settings
 from shared.signing import generate_secret
-from tests.api.expect import assert_problem, queued_job
+from tests.api.expect import assert_problem, post_event, post_new_event, queued_job
 from tests.factories import (
     JSON,
     TEST_SECRETS,
@@ -38,10 +38,7 @@ from tests.factories import (
 async def test_event_signed_by_the_reference_library_is_accepted_and_queued(
     client: httpx.AsyncClient, redis: ArqRedis, settings: Settings
 ) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-
-    response = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    event_id, _, response = await post_new_event(client)
 
     assert response.status_code == 202
     assert response.headers["content-type"] == "application/json"
@@ -118,18 +115,16 @@ async def test_json_content_type_with_parameters_or_any_case_is_accepted(
 
 async def test_unknown_top_level_fields_are_ignored(client: httpx.AsyncClient) -> None:
     body = json.dumps({**event_payload(), "courier_extension": {"x": 1}}).encode()
-    response = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    response = await post_event(client, body)
     assert response.status_code == 202
 
 
 async def test_resubmission_of_a_queued_event_is_a_200_duplicate(
     client: httpx.AsyncClient, redis: ArqRedis, settings: Settings
 ) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-    first = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    event_id, body, first = await post_new_event(client)
     # A courier retry: same event, new delivery attempt (new webhook-id and timestamp).
-    second = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    second = await post_event(client, body)
 
     assert first.status_code == 202
     assert second.status_code == 200
@@ -149,7 +144,7 @@ async def test_resubmission_is_a_duplicate_while_the_finished_job_result_is_kept
     await redis.set(result_key_prefix + f"acme:{event_id}", serialize({"s": True}), ex=60)
     body = event_body(event_id)
 
-    response = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    response = await post_event(client, body)
 
     assert response.status_code == 200
     assert response.json()["status"] == "duplicate"
@@ -159,16 +154,13 @@ async def test_resubmission_is_a_duplicate_while_the_finished_job_result_is_kept
 async def test_resubmission_after_the_kept_result_window_is_accepted_again(
     client: httpx.AsyncClient, redis: ArqRedis, settings: Settings
 ) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-    assert (
-        await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
-    ).status_code == 202
+    event_id, body, first = await post_new_event(client)
+    assert first.status_code == 202
     # The job ran and its result expired: arq no longer knows the key.
     await redis.delete(job_key_prefix + f"acme:{event_id}")
     await redis.zrem(settings.queue_name, f"acme:{event_id}")
 
-    again = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    again = await post_event(client, body)
 
     assert again.status_code == 202
 
@@ -176,10 +168,8 @@ async def test_resubmission_after_the_kept_result_window_is_accepted_again(
 async def test_same_event_id_from_two_sources_is_two_events(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-    acme = await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
-    legacy = await client.post("/v1/events/legacy", content=body, headers=hex_headers(body))
+    event_id, body, acme = await post_new_event(client)
+    legacy = await post_event(client, body, "legacy")
     assert (acme.status_code, legacy.status_code) == (202, 202)
     assert legacy.json()["idempotency_key"] == f"legacy:{event_id}"
     assert (await queued_job(redis, f"legacy:{event_id}")).source == "legacy"
@@ -204,9 +194,7 @@ async def test_hundred_concurrent_identical_submissions_get_exactly_one_202(
 
 
 async def test_queued_job_is_msgpack_not_pickle(client: httpx.AsyncClient, redis: ArqRedis) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-    await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    event_id, _, _ = await post_new_event(client)
 
     raw = await redis.get(job_key_prefix + f"acme:{event_id}")
 
@@ -220,9 +208,7 @@ async def test_queued_job_is_msgpack_not_pickle(client: httpx.AsyncClient, redis
 async def test_hex_source_accepts_a_hex_signature(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
-    event_id = new_event_id()
-    body = event_body(event_id)
-    response = await client.post("/v1/events/legacy", content=body, headers=hex_headers(body))
+    event_id, _, response = await post_new_event(client, "legacy")
     assert response.status_code == 202
     assert (await queued_job(redis, f"legacy:{event_id}")).source == "legacy"
 
@@ -279,7 +265,7 @@ async def test_duplicate_and_rejection_are_logged_without_body_or_secret(
 ) -> None:
     event_id = new_event_id()
     body = event_body(event_id, data={"note": "private-customer-note"})
-    await client.post("/v1/events/acme", content=body, headers=reference_headers(body))
+    await post_event(client, body)
     with capture_logs() as logs:
         duplicate = await client.post(
             "/v1/events/acme", content=body, headers=reference_headers(body)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import httpx
 
+from tests.api.expect import get_json
+
 
 async def test_openapi_documents_the_ingest_request_and_answers(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.get("/schema/openapi.json")
-    assert response.status_code == 200
-    schema = response.json()
+    schema = await get_json(client, "/schema/openapi.json")
 
     operation = schema["paths"]["/v1/events/{source}"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]

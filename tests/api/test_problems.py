@@ -147,32 +147,30 @@ async def test_timestamp_that_is_not_an_integer_is_401_out_of_tolerance(
     assert_problem(response, 401, "timestamp_out_of_tolerance")
 
 
+async def post_signed_at(client: httpx.AsyncClient, skew_s: int) -> httpx.Response:
+    """POST a valid event, correctly signed with a timestamp ``skew_s`` seconds from now."""
+    body = event_body()
+    headers = reference_headers(body, timestamp=int(time.time()) + skew_s)
+    return await client.post("/v1/events/acme", content=body, headers=headers)
+
+
 @pytest.mark.parametrize("skew_s", [-3600, -301 - 5, 301 + 5, 86_400])
 async def test_timestamp_outside_tolerance_is_401_even_when_correctly_signed(
     client: httpx.AsyncClient, skew_s: int
 ) -> None:
-    body = event_body()
-    headers = reference_headers(body, timestamp=int(time.time()) + skew_s)
-    response = await client.post("/v1/events/acme", content=body, headers=headers)
-    assert_problem(response, 401, "timestamp_out_of_tolerance")
+    assert_problem(await post_signed_at(client, skew_s), 401, "timestamp_out_of_tolerance")
 
 
 @pytest.mark.parametrize("skew_s", [-290, 290])
 async def test_timestamp_inside_tolerance_is_accepted(
     client: httpx.AsyncClient, skew_s: int
 ) -> None:
-    body = event_body()
-    headers = reference_headers(body, timestamp=int(time.time()) + skew_s)
-    response = await client.post("/v1/events/acme", content=body, headers=headers)
-    assert response.status_code == 202
+    assert (await post_signed_at(client, skew_s)).status_code == 202
 
 
 async def test_tolerance_comes_from_settings(client_for: ClientFor) -> None:
     client = await client_for(signature_tolerance_s=30)
-    body = event_body()
-    headers = reference_headers(body, timestamp=int(time.time()) - 120)
-    response = await client.post("/v1/events/acme", content=body, headers=headers)
-    assert_problem(response, 401, "timestamp_out_of_tolerance")
+    assert_problem(await post_signed_at(client, -120), 401, "timestamp_out_of_tolerance")
 
 
 async def test_body_changed_after_signing_is_401_signature_invalid(

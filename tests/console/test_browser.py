@@ -62,6 +62,16 @@ class Gateway:
         assert answer.status_code == 202, answer.text
         return f"acme:{event_id}"
 
+    def send_new(
+        self, downstream_status: int, event_id: str | None = None, **overrides: Any
+    ) -> tuple[str, str]:
+        """Send a new event the downstream answers ``downstream_status``; its id and key."""
+        event_id = event_id or f"evt_{secrets.token_hex(4)}"
+        key = f"acme:{event_id}"
+        self.downstream(always={key: downstream_status})
+        self.send(event_id, **overrides)
+        return event_id, key
+
     def downstream(self, **rules: Any) -> None:
         self.http.post(f"{self.mock}/control", json=rules).raise_for_status()
 
@@ -166,9 +176,8 @@ def test_an_events_retries_then_succeeded_arrive_without_a_reload(
     page: Page, gateway: Gateway
 ) -> None:
     event_id = f"evt_{secrets.token_hex(4)}"
-    key = f"acme:{event_id}"
-    gateway.downstream(always={key: 503})
-    gateway.send(
+    _, key = gateway.send_new(
+        503,
         event_id,
         shipment={
             "id": f"shp_{event_id}",
@@ -200,10 +209,7 @@ def test_an_events_retries_then_succeeded_arrive_without_a_reload(
 def test_a_dead_letter_filtered_dry_run_replay_and_succeeded_live(
     page: Page, gateway: Gateway
 ) -> None:
-    event_id = f"evt_{secrets.token_hex(4)}"
-    key = f"acme:{event_id}"
-    gateway.downstream(always={key: 422})
-    gateway.send(event_id)
+    _, key = gateway.send_new(422)
     gateway.wait_status(key, "dead_lettered")
 
     page.goto("/console/dead-letters")
@@ -230,10 +236,7 @@ def test_a_dead_letter_filtered_dry_run_replay_and_succeeded_live(
 def test_discard_with_a_reason_and_a_post_without_csrf_is_refused(
     page: Page, gateway: Gateway
 ) -> None:
-    event_id = f"evt_{secrets.token_hex(4)}"
-    key = f"acme:{event_id}"
-    gateway.downstream(always={key: 400})
-    gateway.send(event_id)
+    _, key = gateway.send_new(400)
     page.goto(f"/console/events/{key}")
     expect(page.locator("#event-status")).to_have_text("dead_lettered", timeout=20_000)
     expect(page.locator("#discard")).to_be_visible()

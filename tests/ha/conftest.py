@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from scripts.harness.sentinel import SentinelTopology
 from shared.queue import client_for, close_client
 from shared.settings import Settings
+from tests.plugins.worker import FAST
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,15 @@ async def ha_redis(ha_settings: Callable[..., Settings]) -> AsyncIterator[ArqRed
         yield client
     finally:
         await close_client(client)
+
+
+@pytest.fixture
+def ha_worker_settings(ha_settings: Callable[..., Settings]) -> Settings:
+    """Workers' test timings (a SIGKILLed job re-runs after 15 s), ``GATEWAY_ACK_REPLICAS=1``."""
+    return ha_settings(**{**FAST, "job_timeout_s": 5.0, "lease_s": 8.0}, ack_replicas=1)
+
+
+@pytest.fixture
+def redis(ha_redis: ArqRedis) -> ArqRedis:
+    """The topology's queue: fixtures built on ``redis`` (``worker_pool``) use it here."""
+    return ha_redis

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -128,6 +129,14 @@ async def snapshot(db: AsyncDatabase[Document], redis: ArqRedis) -> tuple[Any, A
     keys = sorted(await redis.keys("*"))
     values = {key: await redis.dump(key) for key in keys}
     return documents, values
+
+
+@contextlib.asynccontextmanager
+async def unchanged(db: AsyncDatabase[Document], redis: ArqRedis) -> AsyncIterator[None]:
+    """Assert that the ``async with`` block changes no document and no Redis key."""
+    before = await snapshot(db, redis)
+    yield
+    assert await snapshot(db, redis) == before
 
 
 async def let_unreachable_mongo_monitor_sleep() -> None:

@@ -28,6 +28,7 @@ import msgspec
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
+from arq.jobs import Job, JobResult
 from arq.worker import Retry
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.database import AsyncDatabase
@@ -40,7 +41,10 @@ from scripts.harness.services import free_port
 from shared.contracts import QueuedEvent
 from shared.queue import Enqueuer, deserialize, worker_health_key
 from shared.settings import Settings
-from shared.storage.mongo import Document
+from shared.storage.dead_letters import DeadLetterDocument, DeadLetters
+from shared.storage.events import ProcessedEvent, ProcessedEvents
+from shared.storage.mongo import PROCESSED_EVENTS, Document
+from shared.storage.shipments import Shipments
 from tests.factories import DOWNSTREAM_SECRET, make_event, payload, settings_env
 
 # Settings every worker test starts from; tests override what they exercise.
@@ -318,6 +322,88 @@ async def worker_pool(
             print(worker.log_path.read_text()[-6000:])
 
 
+async def statuses(db: AsyncDatabase[Document], keys: list[str]) -> dict[str, str]:
+    """The ``processed_events`` status of each of ``keys`` that has a record."""
+    found = db[PROCESSED_EVENTS].find({"_id": {"$in": keys}}, {"status": True})
+    return {doc["_id"]: doc["status"] async for doc in found}
+
+
+async def wait_for_status(
+    db: AsyncDatabase[Document], keys: list[str], status: str, timeout_s: float = 30.0
+) -> None:
+    """Wait until every one of ``keys`` has a record in ``status``."""
+
+    async def done() -> bool:
+        current = await statuses(db, keys)
+        return len(current) == len(keys) and set(current.values()) == {status}
+
+    await wait_until(done, timeout_s=timeout_s)
+
+
+@dataclass
+class Workers:
+    """Real worker processes and what they work with: queue, database and mock downstream."""
+
+    pool: WorkerPool
+    settings_for: Callable[..., Settings]
+    enqueue: Callable[..., Awaitable[bool]]
+    db: AsyncDatabase[Document]
+    downstream: MockDownstreamClient
+    redis: ArqRedis
+
+    async def start(self, count: int = 2, **overrides: Any) -> tuple[Settings, list[WorkerProcess]]:
+        """Start ``count`` workers with the pool settings and ``overrides``; both."""
+        settings = self.settings_for(**overrides)
+        return settings, await self.pool.start(settings, count)
+
+    async def submit(
+        self, *events: QueuedEvent, until: str | None = None, timeout_s: float = 30.0
+    ) -> list[str]:
+        """Enqueue ``events`` as the API does; wait for status ``until`` if given. Their keys."""
+        for queued in events:
+            assert await self.enqueue(queued)
+        keys = [queued.idempotency_key for queued in events]
+        if until is not None:
+            await wait_for_status(self.db, keys, until, timeout_s=timeout_s)
+        return keys
+
+    async def delivery_in_flight(self) -> None:
+        """Wait until the downstream has received a delivery."""
+
+        async def received() -> bool:
+            return bool((await self.downstream.deliveries()).counts)
+
+        await wait_until(received, every_s=0.02)
+
+    async def lease_owner(self, key: str) -> WorkerProcess:
+        """The worker holding the lease of ``key`` (waiting for one to take it)."""
+
+        async def owner() -> str | None:
+            record = await ProcessedEvents(self.db).get(key)
+            return None if record is None else record.lease_owner
+
+        owner_id = await wait_until(owner, every_s=0.02)
+        (worker,) = [w for w in self.pool.workers if w.worker_id == owner_id]
+        return worker
+
+    async def job_result(self, job_id: str) -> JobResult | None:
+        """arq's stored result of ``job_id``, if it has finished."""
+        return await Job(job_id, self.redis, _deserializer=deserialize).result_info()
+
+
+@pytest.fixture
+def workers(
+    worker_pool: WorkerPool,
+    pool_settings: Callable[..., Settings],
+    enqueue: Callable[..., Awaitable[bool]],
+    mongo_db: AsyncDatabase[Document],
+    downstream: MockDownstreamClient,
+    redis: ArqRedis,
+) -> Workers:
+    """Start real workers on this test's queue and database with ``await workers.start(n)``."""
+    return Workers(worker_pool, pool_settings, enqueue, mongo_db, downstream, redis)
+
+
 @pytest.fixture
 async def enqueue(
     redis: ArqRedis, settings: Settings
@@ -374,3 +460,37 @@ async def drain(redis: ArqRedis, queue_name: str, processor: EventProcessor) -> 
             job = deserialize(data)
             results[job_id] = await run_job(processor, job_id, job["a"][0])
     return results
+
+
+# ---- what the worker stored ----------------------------------------------------------------------
+
+
+async def stored_record(db: AsyncDatabase[Document], key: str) -> ProcessedEvent:
+    """The ``processed_events`` record of ``key`` (it must exist)."""
+    record = await ProcessedEvents(db).get(key)
+    assert record is not None, f"no processed_events record for {key}"
+    return record
+
+
+async def stored_letter(db: AsyncDatabase[Document], key: str) -> DeadLetterDocument:
+    """The dead letter of ``key`` (it must exist)."""
+    letter = await DeadLetters(db).get(key)
+    assert letter is not None, f"no dead letter for {key}"
+    return letter
+
+
+async def stored_shipment(
+    db: AsyncDatabase[Document], shipment_id: str = "shp_1", source: str = "acme"
+) -> Document:
+    """The active shipment ``shipment_id`` of ``source`` (it must exist)."""
+    shipment = await Shipments(db).get(source, shipment_id)
+    assert shipment is not None, f"no active shipment {source}:{shipment_id}"
+    return shipment
+
+
+async def shipment_history(
+    db: AsyncDatabase[Document], shipment_id: str = "shp_1", source: str = "acme"
+) -> list[str]:
+    """The event ids in the history of an active shipment (it must exist), in stored order."""
+    shipment = await stored_shipment(db, shipment_id, source)
+    return [entry["event_id"] for entry in shipment["history"]]

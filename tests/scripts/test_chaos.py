@@ -506,17 +506,26 @@ def test_the_markdown_report_shows_the_verdict_faults_and_failing_examples() -> 
 # ---- the real thing, short ------------------------------------------------------------------
 
 
+def passing_chaos_run(output: Path, *args: str) -> dict[str, Any]:
+    """Run ``gateway chaos ARGS`` (a 60 s run) into ``output``; it must pass every invariant.
+
+    Its report.
+    """
+    options = ["--duration", "60", *args, "--rate", "20"]
+    options += ["--output", str(output), "--drain-timeout", "150", "--seed", "3"]
+    result = run_gateway("chaos", options, timeout=380)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    report: dict[str, Any] = json.loads((output / "report.json").read_text())
+    assert report["passed"] is True
+    assert all(inv["passed"] for inv in report["invariants"])
+    return report
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: Path) -> None:
     output = tmp_path / "chaos"
-    args = ["--duration", "60", "--outage", "5", "--redis-down", "2", "--rate", "20"]
-    args += ["--output", str(output), "--drain-timeout", "150", "--seed", "3"]
-    result = run_gateway("chaos", args, timeout=380)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    report = json.loads((output / "report.json").read_text())
-    assert report["passed"] is True
-    assert all(inv["passed"] for inv in report["invariants"])
+    report = passing_chaos_run(output, "--outage", "5", "--redis-down", "2")
     assert {f["kind"] for f in report["faults"]} == {kind.value for kind in FaultKind} - {
         "redis_crash",
         "redis_primary_kill",
@@ -534,15 +543,17 @@ def test_short_chaos_run_with_every_fault_kind_keeps_every_invariant(tmp_path: P
 def test_short_sentinel_chaos_run_follows_a_primary_kill_losing_nothing_accepted(
     tmp_path: Path,
 ) -> None:
-    output = tmp_path / "chaos"
-    args = ["--redis-topology", "sentinel", "--duration", "60", "--outage", "4"]
-    args += ["--redis-down", "2", "--rate", "20", "--set", "GATEWAY_ACK_REPLICAS=1"]
-    args += ["--output", str(output), "--drain-timeout", "150", "--seed", "3"]
-    result = run_gateway("chaos", args, timeout=380)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    report = json.loads((output / "report.json").read_text())
-    assert report["passed"] is True
-    assert all(inv["passed"] for inv in report["invariants"])
+    report = passing_chaos_run(
+        tmp_path / "chaos",
+        "--redis-topology",
+        "sentinel",
+        "--outage",
+        "4",
+        "--redis-down",
+        "2",
+        "--set",
+        "GATEWAY_ACK_REPLICAS=1",
+    )
     kinds = {f["kind"] for f in report["faults"]}
     assert kinds == {kind.value for kind in FaultKind} - {"redis_crash"}
     kill = next(f for f in report["faults"] if f["kind"] == "redis_primary_kill")

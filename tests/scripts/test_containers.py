@@ -20,6 +20,14 @@ from shared.settings import load_settings
 pytestmark = pytest.mark.slow
 
 GATEWAY_SERVICES = ("api", "worker", "init-db", "mock-downstream")
+ONE_SHOTS = ("init-db", "init-db-ha", "mongo-init-replica-set")
+HA_SERVICES = (
+    *("redis-a", "redis-b", "sentinel-1", "sentinel-2", "sentinel-3"),
+    *("mongo-1", "mongo-2", "mongo-3", "mongo-init-replica-set"),
+    *("init-db-ha", "api-ha", "worker-ha"),
+)
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+MONGO_MEMBERS = ("mongo-1", "mongo-2", "mongo-3")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +54,7 @@ def compose(
     empty_env = tmp_path_factory.mktemp("compose") / "empty.env"
     empty_env.write_text("")
     command = ["docker-compose", "--file", str(REPO_ROOT / "docker-compose.yml")]
-    command += ["--env-file", str(empty_env), "--profile", "mock", "config"]
+    command += ["--env-file", str(empty_env), "--profile", "mock", "--profile", "ha", "config"]
     result = subprocess.run(
         command,
         capture_output=True,
@@ -110,27 +118,28 @@ def test_every_long_running_service_has_a_health_check(
     services: dict[str, dict[str, Any]],
 ) -> None:
     for name, service in services.items():
-        if name == "init-db":
+        if name in ONE_SHOTS:
             continue
         test = service["healthcheck"]["test"]
         assert test[0] in {"CMD", "CMD-SHELL"}, name
         assert not service["healthcheck"].get("disable", False), name
 
 
-def test_one_shot_init_db_declares_no_health_check_and_no_restart(
+def test_one_shots_declare_no_health_check_and_no_restart(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    init_db = services["init-db"]
-    assert init_db["command"] == ["init-db"]
-    assert init_db["healthcheck"]["test"] == ["NONE"]
-    assert init_db["restart"] == "no"
+    for name in ("init-db", "init-db-ha"):
+        assert services[name]["command"] == ["init-db"], name
+    for name in ONE_SHOTS:
+        assert services[name]["healthcheck"]["test"] == ["NONE"], name
+        assert services[name]["restart"] == "no", name
 
 
 def test_long_running_services_restart_unless_stopped(
     services: dict[str, dict[str, Any]],
 ) -> None:
     for name, service in services.items():
-        if name != "init-db":
+        if name not in ONE_SHOTS:
             assert service["restart"] == "unless-stopped", name
 
 
@@ -166,12 +175,14 @@ def test_mongo_is_the_official_image_on_a_named_volume(
     assert "mongosh" in mongo["healthcheck"]["test"]
 
 
-def test_mock_downstream_runs_only_under_the_mock_profile(
+def test_mock_downstream_and_the_ha_stack_run_only_under_their_profiles(
     services: dict[str, dict[str, Any]],
 ) -> None:
     assert services["mock-downstream"]["profiles"] == ["mock"]
+    for name in HA_SERVICES:
+        assert services[name]["profiles"] == ["ha"], name
     for name, service in services.items():
-        if name != "mock-downstream":
+        if name != "mock-downstream" and name not in HA_SERVICES:
             assert "profiles" not in service, name
 
 
@@ -199,9 +210,80 @@ def test_only_the_api_receives_the_courier_secrets(
     assert services["api"]["environment"]["GATEWAY_SOURCES_FILE"] == (
         "/run/secrets/gateway_sources"
     )
-    for name in ("worker", "init-db", "mock-downstream"):
+    assert [s["source"] for s in services["api-ha"]["secrets"]] == ["gateway_sources"]
+    for name in ("worker", "init-db", "mock-downstream", "worker-ha", "init-db-ha"):
         assert "secrets" not in services[name], name
     assert compose["secrets"]["gateway_sources"]["file"].endswith("deploy/sources.example.json")
+
+
+def test_ha_redis_is_a_primary_a_replica_and_three_sentinels_each_on_its_own_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    primary, replica = _shell(services["redis-a"]), _shell(services["redis-b"])
+    for script in (primary, replica):
+        assert "'appendonly yes' 'appendfsync everysec'" in script
+        assert "redis-server /data/redis.conf" in script
+    assert "replicaof" not in primary
+    assert "'replicaof redis-a 6379'" in replica
+    assert services["redis-b"]["depends_on"] == {"redis-a": {"condition": "service_healthy"}}
+    volumes = {_named_volume_at(services[name], "/data") for name in ("redis-a", "redis-b")}
+    for name in SENTINELS:
+        script = _shell(services[name])
+        assert "'sentinel monitor gateway redis-a 6379 2'" in script, name
+        assert "'sentinel resolve-hostnames yes'" in script, name
+        assert "--sentinel" in script, name
+        assert "26379" in " ".join(services[name]["healthcheck"]["test"]), name
+        volumes.add(_named_volume_at(services[name], "/data"))
+    assert len(volumes) == 5
+    assert volumes <= set(compose["volumes"])
+
+
+def test_ha_mongo_is_a_three_member_replica_set_initiated_by_a_one_shot(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    volumes = set()
+    for name in MONGO_MEMBERS:
+        member = services[name]
+        assert member["image"] == services["mongo"]["image"], name
+        assert member["command"] == ["mongod", "--replSet", "gateway", "--bind_ip_all"], name
+        volumes.add(_named_volume_at(member, "/data/db"))
+    assert len(volumes) == 3
+    assert volumes <= set(compose["volumes"])
+    init = services["mongo-init-replica-set"]
+    assert init["depends_on"] == {m: {"condition": "service_healthy"} for m in MONGO_MEMBERS}
+    script = init["command"][-1]
+    assert 'rs.initiate({_id: "gateway"' in script
+    for name in MONGO_MEMBERS:
+        assert f'host: "{name}:27017"' in script, name
+    assert services["init-db-ha"]["depends_on"] == {
+        "mongo-init-replica-set": {"condition": "service_completed_successfully"}
+    }
+
+
+def test_ha_api_and_workers_use_the_sentinels_replicated_acks_and_the_replica_set(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("api-ha", "worker-ha", "init-db-ha"):
+        environment = services[name]["environment"]
+        settings = load_settings(
+            {k: v for k, v in environment.items() if k != "GATEWAY_SOURCES_FILE"}
+        )
+        assert settings.redis_sentinels == ",".join(f"{s}:26379" for s in SENTINELS), name
+        assert settings.redis_sentinel_master == "gateway", name
+        assert settings.ack_replicas == 1, name
+        assert settings.mongo_write_concern == "majority", name
+        hosts = ",".join(f"{m}:27017" for m in MONGO_MEMBERS)
+        assert settings.mongo_url == f"mongodb://{hosts}/?replicaSet=gateway", name
+    ha_depends_on = {
+        **{name: {"condition": "service_healthy"} for name in ("redis-a", "redis-b")},
+        **{name: {"condition": "service_healthy"} for name in SENTINELS},
+        "init-db-ha": {"condition": "service_completed_successfully"},
+    }
+    for name in ("api-ha", "worker-ha"):
+        assert services[name]["depends_on"] == ha_depends_on, name
+    assert services["worker-ha"]["deploy"]["replicas"] >= 2
+    published = {p["published"] for name in ("api", "api-ha") for p in services[name]["ports"]}
+    assert len(published) == 2  # both stacks can run side by side
 
 
 def test_example_sources_file_holds_only_a_marked_test_secret(repo_root: Path) -> None:
@@ -226,6 +308,12 @@ def test_dockerfile_builds_from_the_lock_without_dev_groups_and_runs_unprivilege
         assert target in stages, target
         assert "HEALTHCHECK" in stages[target], target
         assert "USER" not in stages[target], target  # inherits the non-root user
+
+
+def _shell(service: dict[str, Any]) -> str:
+    """The script of a ``sh -c`` command."""
+    assert service["command"][:2] == ["sh", "-c"]
+    return str(service["command"][2])
 
 
 def _stages(dockerfile: str) -> dict[str, str]:

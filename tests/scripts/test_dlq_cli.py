@@ -16,7 +16,6 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,19 @@ import pytest
 from arq.connections import ArqRedis
 from pymongo.asynchronous.database import AsyncDatabase
 
-from scripts.harness.mock_downstream import MockDownstreamClient
-from shared.queue import Enqueuer
 from shared.settings import Settings
-from shared.storage.dead_letters import DeadLetterReason
-from shared.storage.mongo import DEAD_LETTER_EVENTS, PROCESSED_EVENTS, Document
+from shared.storage.mongo import DEAD_LETTER_EVENTS, Document
 from tests.factories import (
-    T0,
     make_event,
     settings_env,
     write_filter_letters,
     write_letter,
+    write_letters,
+    write_permanent_letter,
 )
-from tests.plugins.servers import snapshot
-from tests.plugins.worker import WorkerPool, wait_until
+from tests.plugins.dlq import assert_discarded
+from tests.plugins.servers import unchanged
+from tests.plugins.worker import Workers, stored_letter, wait_until
 
 GATEWAY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "gateway"
 
@@ -77,6 +75,13 @@ async def dlq(settings: Settings, *args: str) -> Ran:
     stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return Ran(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def replay_by_id(settings: Settings, key: str, *args: str) -> Ran:
+    """Run ``gateway dlq replay --id KEY --yes ARGS``; it must exit 0."""
+    ran = await dlq(settings, "replay", "--id", key, "--yes", *args)
+    assert ran.code == 0, ran
+    return ran
 
 
 def in_terminal(settings: Settings, args: list[str], answer: bytes) -> Ran:
@@ -128,32 +133,16 @@ def pool_settings(pool_settings: Callable[..., Settings]) -> Callable[..., Setti
     return functools.partial(pool_settings, max_attempts=2)
 
 
-async def outage(
-    worker_pool: WorkerPool,
-    settings: Settings,
-    redis: ArqRedis,
-    db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
-    count: int,
-) -> list[str]:
-    """Start two workers and dead-letter ``count`` events by a downstream answering 503."""
-    await worker_pool.start(settings, 2)
+async def fixed_outage(workers: Workers, count: int) -> tuple[Settings, list[str]]:
+    """Start two workers, dead-letter ``count`` events by a downstream answering 503, then fix
+    the downstream; the workers' settings and the keys."""
+    settings, _ = await workers.start(2)
     events = [make_event(f"evt_{i}", shipment_id=f"shp_{i}") for i in range(count)]
     keys = [q.idempotency_key for q in events]
-    await downstream.control(always=dict.fromkeys(keys, 503))
-    enqueuer = Enqueuer(redis, settings.queue_name)  # as the API does: job id = key
-    try:
-        for queued in events:
-            assert await enqueuer.enqueue(queued.idempotency_key, queued)
-    finally:
-        await enqueuer.close()
-
-    async def all_dead_lettered() -> bool:
-        found = db[PROCESSED_EVENTS].find({"status": "dead_lettered"}, {"_id": 1})
-        return len([d async for d in found]) == count
-
-    await wait_until(all_dead_lettered)
-    return keys
+    await workers.downstream.control(always=dict.fromkeys(keys, 503))
+    await workers.submit(*events, until="dead_lettered")
+    await workers.downstream.control(always={})  # the cause is fixed
+    return settings, keys
 
 
 async def wait_all_replayed(db: AsyncDatabase[Document], keys: list[str]) -> None:
@@ -191,8 +180,7 @@ async def test_list_filters_select_exactly_the_matching_entries(
 async def test_list_prints_a_table_and_the_cursor_of_the_next_page(
     settings: Settings, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    for i in range(3):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i))
+    await write_letters(mongo_db, 3)
     first = await dlq(settings, "list", "--limit", "2")
     assert first.code == 0, first
     assert "acme:evt_2" in first.stdout
@@ -250,8 +238,7 @@ async def test_show_prints_the_event_every_attempt_and_every_replay(
     settings: Settings, mongo_db: AsyncDatabase[Document]
 ) -> None:
     key = await write_letter(mongo_db, "evt_1", code="order_mismatch")
-    replayed = await dlq(settings, "replay", "--id", key, "--yes", "--by", "alice")
-    assert replayed.code == 0, replayed
+    await replay_by_id(settings, key, "--by", "alice")
 
     shown = await dlq(settings, "show", key)
     assert shown.code == 0, shown
@@ -289,16 +276,12 @@ async def test_show_of_an_unknown_key_exits_1(settings: Settings) -> None:
 async def test_replay_dry_run_lists_what_would_be_replayed_and_changes_nothing(
     settings: Settings, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
-    keys = [
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i)) for i in range(3)
-    ]
+    keys = await write_letters(mongo_db, 3)
     await write_letter(mongo_db, "evt_l", source="legacy")
-    before = await snapshot(mongo_db, redis)
+    async with unchanged(mongo_db, redis):
+        ran = await dlq(settings, "replay", "--source", "acme", "--dry-run")
+        json_ran = await dlq(settings, "replay", "--source", "acme", "--dry-run", "--json")
 
-    ran = await dlq(settings, "replay", "--source", "acme", "--dry-run")
-    json_ran = await dlq(settings, "replay", "--source", "acme", "--dry-run", "--json")
-
-    assert await snapshot(mongo_db, redis) == before
     assert ran.code == 0, ran
     for key in keys:
         assert f"would replay      {key}\n" in ran.stdout
@@ -312,11 +295,8 @@ async def test_replay_dry_run_lists_what_would_be_replayed_and_changes_nothing(
 async def test_replay_warns_about_entries_dead_lettered_for_a_permanent_error(
     settings: Settings, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    key = await write_letter(
-        mongo_db, "evt_p", code="order_mismatch", reason=DeadLetterReason.PERMANENT
-    )
-    ran = await dlq(settings, "replay", "--id", key, "--yes")
-    assert ran.code == 0, ran
+    key = await write_permanent_letter(mongo_db, "evt_p")
+    ran = await replay_by_id(settings, key)
     assert (
         f"enqueued          {key}  job replay/1/{key}  WARNING dead-lettered for a permanent "
         "error (order_mismatch)" in ran.stderr + ran.stdout
@@ -327,12 +307,11 @@ async def test_replay_without_yes_in_a_non_interactive_run_is_refused_and_change
     settings: Settings, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
     key = await write_letter(mongo_db, "evt_1")
-    before = await snapshot(mongo_db, redis)
-    for args in (["--id", key], ["--source", "acme"]):
-        ran = await dlq(settings, "replay", *args)
-        assert ran.code == 2, ran
-        assert "add --yes" in ran.stderr
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        for args in (["--id", key], ["--source", "acme"]):
+            ran = await dlq(settings, "replay", *args)
+            assert ran.code == 2, ran
+            assert "add --yes" in ran.stderr
 
 
 async def test_replay_in_a_terminal_asks_showing_the_count_and_filter(
@@ -341,16 +320,15 @@ async def test_replay_in_a_terminal_asks_showing_the_count_and_filter(
     for i in range(2):
         await write_letter(mongo_db, f"evt_{i}")
     await write_letter(mongo_db, "evt_x", code="order_mismatch")
-    before = await snapshot(mongo_db, redis)
     args = ["replay", "--code", "downstream_unavailable", "--rate", "20/s"]
 
-    declined = await asyncio.to_thread(in_terminal, settings, args, b"n")
-    assert declined.code == 1, declined
-    assert (
-        "Replay 2 pending dead letter(s) matching code=downstream_unavailable at 20/s? [y/N]"
-        in declined.stderr
-    )
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        declined = await asyncio.to_thread(in_terminal, settings, args, b"n")
+        assert declined.code == 1, declined
+        assert (
+            "Replay 2 pending dead letter(s) matching code=downstream_unavailable at 20/s? [y/N]"
+            in declined.stderr
+        )
 
     accepted = await asyncio.to_thread(in_terminal, settings, args, b"y")
     assert accepted.code == 0, accepted
@@ -359,40 +337,28 @@ async def test_replay_in_a_terminal_asks_showing_the_count_and_filter(
 
 
 async def test_replay_after_the_cause_is_fixed_ends_succeeded_with_one_effect(
-    worker_pool: WorkerPool,
-    pool_settings: Callable[..., Settings],
-    redis: ArqRedis,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
+    workers: Workers,
 ) -> None:
-    settings = pool_settings()
-    keys = await outage(worker_pool, settings, redis, mongo_db, downstream, 3)
-    await downstream.control(always={})  # the cause is fixed
+    settings, keys = await fixed_outage(workers, 3)
 
     ran = await dlq(settings, "replay", "--source", "acme", "--rate", "50/s", "--yes")
     assert ran.code == 0, ran
     assert re.search(r"enqueued +│ +3", ran.stdout), ran
-    await wait_all_replayed(mongo_db, keys)
+    await wait_all_replayed(workers.db, keys)
 
     listed = await dlq(settings, "list", "--status", "replayed", "--json")
     assert sorted(i["idempotency_key"] for i in listed.json()["items"]) == sorted(keys)
     assert all(i["last_replay"]["outcome"] == "succeeded" for i in listed.json()["items"])
-    assert (await downstream.deliveries()).ok == dict.fromkeys(keys, 1)
+    assert (await workers.downstream.deliveries()).ok == dict.fromkeys(keys, 1)
 
 
 async def test_replaying_the_same_entries_twice_concurrently_from_two_processes_has_one_effect(
-    worker_pool: WorkerPool,
-    pool_settings: Callable[..., Settings],
-    redis: ArqRedis,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
+    workers: Workers,
 ) -> None:
-    settings = pool_settings()
-    keys = await outage(worker_pool, settings, redis, mongo_db, downstream, 4)
-    await downstream.control(always={})
+    settings, keys = await fixed_outage(workers, 4)
     # No worker runs while the two replay: neither can find the entries already
     # replayed, so both really contend for every entry.
-    worker_pool.stop_all()
+    workers.pool.stop_all()
 
     first, second = await asyncio.gather(
         dlq(settings, "replay", "--yes", "--json", "--by", "alice", "--rate", "40/s"),
@@ -403,19 +369,18 @@ async def test_replaying_the_same_entries_twice_concurrently_from_two_processes_
     assert [s["matched"] for s in summaries] == [4, 4]
     assert sum(s["enqueued"] for s in summaries) == 4
     assert sum(s["in_flight"] for s in summaries) == 4
-    await worker_pool.start(settings, 2)
-    await wait_all_replayed(mongo_db, keys)
+    await workers.pool.start(settings, 2)
+    await wait_all_replayed(workers.db, keys)
 
     again = await dlq(settings, "replay", "--id", keys[0], "--id", keys[1], "--yes", "--json")
     assert again.code == 0, again
     assert {r["action"] for r in again.json()["results"]} == {"already_replayed"}
     nothing_left = await dlq(settings, "replay", "--yes")
     assert nothing_left.code == 3, nothing_left
-    assert (await downstream.deliveries()).ok == dict.fromkeys(keys, 1)
+    assert (await workers.downstream.deliveries()).ok == dict.fromkeys(keys, 1)
     for key in keys:
-        letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": key})
-        assert letter is not None
-        assert [r["outcome"] for r in letter["replays"]] == ["succeeded"]
+        letter = await stored_letter(workers.db, key)
+        assert [r.outcome for r in letter.replays] == ["succeeded"]
 
 
 async def test_replay_by_id_reports_each_unknown_key_and_exits_1(
@@ -426,9 +391,8 @@ async def test_replay_by_id_reports_each_unknown_key_and_exits_1(
     assert ran.code == 1, ran
     assert "FAILED" in ran.stderr + ran.stdout
     assert "no dead letter with idempotency key 'acme:nope'" in ran.stderr + ran.stdout
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": key})
-    assert letter is not None
-    assert [r["job_id"] for r in letter["replays"]] == [f"replay/1/{key}"]
+    letter = await stored_letter(mongo_db, key)
+    assert [r.job_id for r in letter.replays] == [f"replay/1/{key}"]
 
 
 async def test_replay_usage_errors_exit_2_and_nothing_matched_exits_3(
@@ -450,8 +414,7 @@ async def test_replay_usage_errors_exit_2_and_nothing_matched_exits_3(
 async def test_replay_limit_bounds_how_many_are_replayed(
     settings: Settings, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
-    for i in range(4):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i))
+    await write_letters(mongo_db, 4)
     ran = await dlq(settings, "replay", "--limit", "3", "--yes", "--json")
     assert ran.code == 0, ran
     assert [r["idempotency_key"] for r in ran.json()["results"]] == [
@@ -469,12 +432,11 @@ async def test_discard_without_a_reason_is_refused_and_changes_nothing(
     settings: Settings, mongo_db: AsyncDatabase[Document], redis: ArqRedis
 ) -> None:
     key = await write_letter(mongo_db, "evt_1")
-    before = await snapshot(mongo_db, redis)
-    for args in ([key], [key, "--reason", "  "]):
-        ran = await dlq(settings, "discard", *args)
-        assert ran.code == 2, ran
-        assert "discard needs --reason" in ran.stderr
-    assert await snapshot(mongo_db, redis) == before
+    async with unchanged(mongo_db, redis):
+        for args in ([key], [key, "--reason", "  "]):
+            ran = await dlq(settings, "discard", *args)
+            assert ran.code == 2, ran
+            assert "discard needs --reason" in ran.stderr
 
 
 async def test_discard_records_the_reason_and_the_operator(
@@ -492,13 +454,7 @@ async def test_discard_records_the_reason_and_the_operator(
     )
     assert ran.code == 0, ran
     assert f"discarded          {key}  reason: courier re-sent it" in ran.stdout
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": key})
-    assert letter is not None
-    assert (letter["status"], letter["discard_reason"], letter["discarded_by"]) == (
-        "discarded",
-        "courier re-sent it with the right order",
-        "al",
-    )
+    await assert_discarded(mongo_db, key, "courier re-sent it with the right order", "al")
     replay = await dlq(settings, "replay", "--id", key, "--yes")
     assert replay.code == 1, replay
     assert "discarded" in replay.stderr + replay.stdout
@@ -519,8 +475,5 @@ async def test_the_operator_defaults_to_the_login_name(
     import getpass
 
     key = await write_letter(mongo_db, "evt_1")
-    ran = await dlq(settings, "replay", "--id", key, "--yes")
-    assert ran.code == 0, ran
-    letter = await mongo_db[DEAD_LETTER_EVENTS].find_one({"_id": key})
-    assert letter is not None
-    assert letter["replays"][0]["by"] == getpass.getuser()
+    await replay_by_id(settings, key)
+    assert (await stored_letter(mongo_db, key)).replays[0].by == getpass.getuser()

@@ -15,14 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from scripts.commands.cli import main
-from tests.shared.adapters.carriers import (
-    CARRIERS,
-    SECRET,
-    Carrier,
-    document,
-    encode,
-    set_path,
-)
+from tests.shared.adapters import carriers
+from tests.shared.adapters.carriers import CARRIERS, Carrier
 
 SOURCES = json.dumps({c.name: c.config for c in CARRIERS})
 
@@ -37,18 +31,33 @@ def check(tmp_path: Path, source: str, headers: str, body: bytes, *extra: str) -
 
 def captured(carrier: Carrier, body: bytes, *, at: int | None = None) -> str:
     """Headers as ``curl -v`` or a proxy log shows them: request line, then ``Name: value``."""
-    signed = carrier.sign(body, SECRET, int(time.time()) if at is None else at)
+    signed = carrier.sign(body, carriers.SECRET, int(time.time()) if at is None else at)
     lines = [f"POST /v1/events/{carrier.name} HTTP/1.1", "Content-Type: application/json"]
     lines += [f"{name}: {value}" for name, value in signed.items()]
     return "\n".join(lines) + "\n"
+
+
+def example_body(
+    carrier: Carrier, path: tuple[str | int, ...] | None = None, value: Any = None
+) -> bytes:
+    """The carrier's example tracking update as sent; with ``path``, that field set to
+    ``value`` (``...`` removes it)."""
+    example = carriers.document(carrier.example)
+    if path is not None:
+        example = carriers.set_path(example, path, value)
+    return carriers.encode(example)
+
+
+def check_signed(tmp_path: Path, carrier: Carrier, body: bytes, *extra: str) -> Result:
+    """:func:`check` ``body`` with the headers the carrier sends for it."""
+    return check(tmp_path, carrier.name, captured(carrier, body), body, *extra)
 
 
 @pytest.mark.parametrize("carrier", CARRIERS, ids=lambda c: c.name)
 def test_a_signed_tracking_update_prints_its_canonical_event_and_exits_0(
     tmp_path: Path, carrier: Carrier
 ) -> None:
-    body = encode(document(carrier.example))
-    result = check(tmp_path, carrier.name, captured(carrier, body), body, "--json")
+    result = check_signed(tmp_path, carrier, example_body(carrier), "--json")
     assert result.exit_code == 0, result.output
     verdict: dict[str, Any] = json.loads(result.output)
     assert verdict["verdict"] == "accepted"
@@ -56,12 +65,12 @@ def test_a_signed_tracking_update_prints_its_canonical_event_and_exits_0(
     assert verdict["event"]["event_type"] == carrier.event_type.value
     assert verdict["event"]["shipment"]["id"] == carrier.tracking_number
     assert verdict["idempotency_key"].startswith(f"{carrier.name}:")
-    assert SECRET not in result.output
+    assert carriers.SECRET not in result.output
 
 
 def test_text_output_names_the_failed_check_and_exits_4(tmp_path: Path) -> None:
     carrier = CARRIERS[0]
-    body = encode(document(carrier.example))
+    body = example_body(carrier)
     tampered = body.replace(b"EZ", b"EY", 1)
     result = check(tmp_path, carrier.name, captured(carrier, body), tampered)
     assert result.exit_code == 4, result.output
@@ -72,8 +81,7 @@ def test_text_output_names_the_failed_check_and_exits_4(tmp_path: Path) -> None:
 def test_a_missing_field_is_named_by_json_pointer(tmp_path: Path) -> None:
     carrier = CARRIERS[0]
     path, pointer = next(iter(carrier.required.items()))
-    body = encode(set_path(document(carrier.example), path, ...))
-    result = check(tmp_path, carrier.name, captured(carrier, body), body, "--json")
+    result = check_signed(tmp_path, carrier, example_body(carrier, path, ...), "--json")
     assert result.exit_code == 4, result.output
     verdict = json.loads(result.output)
     assert (verdict["http_status"], verdict["code"]) == (422, "validation_failed")
@@ -82,20 +90,19 @@ def test_a_missing_field_is_named_by_json_pointer(tmp_path: Path) -> None:
 
 def test_an_unmapped_status_and_an_ignored_notification_exit_3(tmp_path: Path) -> None:
     carrier = CARRIERS[0]
-    body = encode(set_path(document(carrier.example), carrier.status_path, "brand_new"))
-    result = check(tmp_path, carrier.name, captured(carrier, body), body, "--json")
+    body = example_body(carrier, carrier.status_path, "brand_new")
+    result = check_signed(tmp_path, carrier, body, "--json")
     assert result.exit_code == 3, result.output
     assert json.loads(result.output)["verdict"] == "unmapped_status"
     assert carrier.ignored is not None
-    ignored = encode(carrier.ignored)
-    result = check(tmp_path, carrier.name, captured(carrier, ignored), ignored, "--json")
+    result = check_signed(tmp_path, carrier, carriers.encode(carrier.ignored), "--json")
     assert result.exit_code == 3, result.output
     assert json.loads(result.output)["verdict"] == "ignored"
 
 
 def test_a_stale_timestamp_is_judged_as_of_at(tmp_path: Path) -> None:
     shippo = next(c for c in CARRIERS if c.name == "shippo")
-    body = encode(document(shippo.example))
+    body = example_body(shippo)
     headers = captured(shippo, body, at=1_700_000_000)
     stale = check(tmp_path, "shippo", headers, body, "--json")
     assert stale.exit_code == 4
@@ -106,7 +113,7 @@ def test_a_stale_timestamp_is_judged_as_of_at(tmp_path: Path) -> None:
 
 def test_an_unknown_source_and_a_missing_content_type_are_refused(tmp_path: Path) -> None:
     carrier = CARRIERS[0]
-    body = encode(document(carrier.example))
+    body = example_body(carrier)
     unknown = check(tmp_path, "nobody", captured(carrier, body), body, "--json")
     assert (unknown.exit_code, json.loads(unknown.output)["code"]) == (4, "unknown_source")
     no_type = captured(carrier, body).replace("Content-Type: application/json\n", "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,6 @@ from arq.constants import job_key_prefix
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway_worker.jobs import EventProcessor
-from scripts.harness.mock_downstream import MockDownstreamClient
 from scripts.harness.services import RedisServer
 from shared.contracts import EventType
 from shared.dlq import (
@@ -45,16 +44,18 @@ from shared.dlq import (
     parse_time,
 )
 from shared.queue import QueueUnavailable
-from shared.settings import Settings
-from shared.storage.dead_letters import DeadLetters
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import PROCESSED_EVENTS, Document
-from tests.factories import T0, write_filter_letters, write_letter
-from tests.plugins.dlq import MakeService
+from tests.factories import (
+    T0,
+    write_filter_letters,
+    write_letter,
+    write_letters,
+    write_permanent_letter,
+)
+from tests.plugins.dlq import MakeService, Outage, assert_discarded
 from tests.plugins.servers import snapshot
-from tests.plugins.worker import drain, outage_dead_letters
-
-MakeProcessor = Callable[..., EventProcessor]
+from tests.plugins.worker import shipment_history, stored_letter
 
 
 class FakeTime:
@@ -98,12 +99,8 @@ async def test_filters_select_exactly_the_matching_entries(
     service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
     a, b, c = await write_filter_letters(mongo_db)
-    d = await write_letter(
-        mongo_db,
-        "evt_d",
-        at=T0 + timedelta(minutes=30),
-        code="downstream_rejected",
-        reason=DeadLetterReason.PERMANENT,
+    d = await write_permanent_letter(
+        mongo_db, "evt_d", "downstream_rejected", at=T0 + timedelta(minutes=30)
     )
     await service.discard(d, by="ops", reason="courier confirmed a test event")
 
@@ -154,8 +151,7 @@ async def test_pages_follow_the_cursor_newest_first_without_repeats_when_new_one
 async def test_a_full_last_page_has_no_next_cursor(
     service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    for i in range(2):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i))
+    await write_letters(mongo_db, 2)
     page = await service.list(DeadLetterFilter(), limit=2)
     assert (len(page.items), page.next_cursor) == (2, None)
 
@@ -204,15 +200,11 @@ async def test_list_rows_summarise_reason_code_attempts_and_last_replay(
 
 
 async def test_show_has_the_event_every_attempt_every_replay_and_the_key_record(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
+    service: DeadLetterService, outage: Outage
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
+    (key,) = await outage.dead_letter("evt_1")
     await service.replay(key, by="alice")
-    await drain(redis, settings.queue_name, processor)  # fails again: back to pending
+    await outage.drain()  # fails again: back to pending
 
     detail = await service.show(key)
     assert (detail.status, detail.reason, detail.error.code) == (
@@ -244,9 +236,9 @@ async def test_show_and_event_of_an_unknown_key_are_not_found(
 
 
 async def test_event_record_reports_status_attempts_and_last_error(
-    service: DeadLetterService, processor: EventProcessor, downstream: MockDownstreamClient
+    service: DeadLetterService, outage: Outage
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
+    (key,) = await outage.dead_letter("evt_1")
     record = await service.event(key)
     assert (record.status, record.attempts, record.dead_letter_status) == (
         "dead_lettered",
@@ -262,22 +254,15 @@ async def test_event_record_reports_status_attempts_and_last_error(
 
 
 async def test_replay_after_the_cause_is_fixed_ends_succeeded_with_one_effect(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, outage: Outage, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
-    await downstream.control(always={})
+    (key,) = await outage.dead_letter("evt_1", fixed=True)
 
     result = await service.replay(key, by="alice")
     assert (result.action, result.job_id) == (ReplayAction.ENQUEUED, f"replay/1/{key}")
-    assert await drain(redis, settings.queue_name, processor) == {f"replay/1/{key}": "succeeded"}
+    assert await outage.drain() == {f"replay/1/{key}": "succeeded"}
 
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
+    letter = await stored_letter(mongo_db, key)
     assert letter.status == "replayed"
     (entry,) = letter.replays
     assert (entry.by, entry.job_id, entry.outcome) == (
@@ -286,44 +271,31 @@ async def test_replay_after_the_cause_is_fixed_ends_succeeded_with_one_effect(
         "succeeded",
     )
     assert await ProcessedEvents(mongo_db).status(key) == "succeeded"
-    assert (await downstream.deliveries()).ok == {key: 1}
-    shipment = await mongo_db["active_shipments"].find_one({"_id": "acme:shp_evt_1"})
-    assert shipment is not None
-    assert [h["event_id"] for h in shipment["history"]] == ["evt_1"]
+    assert await outage.delivered() == {key: 1}
+    assert await shipment_history(mongo_db, "shp_evt_1") == ["evt_1"]
 
 
 async def test_replaying_the_same_entry_again_and_again_has_one_effect(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
+    service: DeadLetterService, outage: Outage
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
-    await downstream.control(always={})
+    (key,) = await outage.dead_letter("evt_1", fixed=True)
 
     first = await service.replay(key, by="alice")
     second = await service.replay(key, by="bob")
     assert (first.action, second.action) == (ReplayAction.ENQUEUED, ReplayAction.IN_FLIGHT)
     assert second.job_id == first.job_id
-    assert await redis.zcard(settings.queue_name) == 1
-    await drain(redis, settings.queue_name, processor)
+    assert await outage.queued() == 1
+    await outage.drain()
     third = await service.replay(key, by="carol")
     assert third.action is ReplayAction.ALREADY_REPLAYED
-    assert await redis.zcard(settings.queue_name) == 0
-    assert (await downstream.deliveries()).ok == {key: 1}
+    assert await outage.queued() == 0
+    assert await outage.delivered() == {key: 1}
 
 
 async def test_concurrent_replays_of_the_same_entries_enqueue_each_exactly_once(
-    make_service: MakeService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    make_service: MakeService, outage: Outage
 ) -> None:
-    keys = await outage_dead_letters(processor, downstream, "evt_1", "evt_2", "evt_3")
-    await downstream.control(always={})
+    keys = await outage.dead_letter("evt_1", "evt_2", "evt_3", fixed=True)
     # Separate services, as separate operators would have.
     services = [make_service() for _ in range(4)]
 
@@ -334,20 +306,15 @@ async def test_concurrent_replays_of_the_same_entries_enqueue_each_exactly_once(
     assert all(isinstance(item, ReplayResult) for item in results)
     enqueued = [i.idempotency_key for i in results if i.action is ReplayAction.ENQUEUED]  # type: ignore[union-attr]
     assert sorted(enqueued) == sorted(keys)
-    assert await redis.zcard(settings.queue_name) == 3
-    await drain(redis, settings.queue_name, processor)
-    assert (await downstream.deliveries()).ok == dict.fromkeys(keys, 1)
+    assert await outage.queued() == 3
+    await outage.drain()
+    assert await outage.delivered() == dict.fromkeys(keys, 1)
 
 
 async def test_replaying_an_entry_whose_event_has_since_succeeded_is_a_reported_no_op(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, outage: Outage, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
+    (key,) = await outage.dead_letter("evt_1")
     # The key succeeded by another way (e.g. a replay whose outcome note was lost).
     await mongo_db[PROCESSED_EVENTS].update_one({"_id": key}, {"$set": {"status": "succeeded"}})
 
@@ -356,49 +323,36 @@ async def test_replaying_an_entry_whose_event_has_since_succeeded_is_a_reported_
     result = await service.replay(key, by="alice")
     assert (result.action, result.job_id) == (ReplayAction.ALREADY_SUCCEEDED, None)
     assert "already succeeded" in result.detail
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
+    letter = await stored_letter(mongo_db, key)
     assert letter.status == "replayed"
     assert [(r.by, r.job_id, r.outcome) for r in letter.replays] == [
         ("alice", None, "already_succeeded")
     ]
-    assert await redis.zcard(settings.queue_name) == 0
+    assert await outage.queued() == 0
 
 
 async def test_a_replay_that_fails_again_returns_to_pending_and_can_be_replayed_once_fixed(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, outage: Outage, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
+    (key,) = await outage.dead_letter("evt_1")
     await service.replay(key, by="alice")  # cause not fixed yet
-    assert await drain(redis, settings.queue_name, processor) == {
-        f"replay/1/{key}": "dead_lettered"
-    }
-    await downstream.control(always={})
+    assert await outage.drain() == {f"replay/1/{key}": "dead_lettered"}
+    await outage.fix()
     again = await service.replay(key, by="alice")
     assert again.job_id == f"replay/2/{key}"
-    await drain(redis, settings.queue_name, processor)
+    await outage.drain()
 
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
+    letter = await stored_letter(mongo_db, key)
     assert letter.status == "replayed"
     assert [r.outcome for r in letter.replays] == ["dead_lettered", "succeeded"]
     assert len(letter.attempts) == 4
-    assert (await downstream.deliveries()).ok == {key: 1}
+    assert await outage.delivered() == {key: 1}
 
 
 async def test_dry_run_changes_nothing_in_mongodb_or_redis(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, outage: Outage, redis: ArqRedis, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    keys = await outage_dead_letters(processor, downstream, "evt_1", "evt_2")
+    keys = await outage.dead_letter("evt_1", "evt_2")
     await mongo_db[PROCESSED_EVENTS].update_one({"_id": keys[1]}, {"$set": {"status": "succeeded"}})
     await write_letter(mongo_db, "evt_other", source="legacy")
     before = await snapshot(mongo_db, redis)
@@ -420,9 +374,7 @@ async def test_dry_run_changes_nothing_in_mongodb_or_redis(
 async def test_replaying_a_permanent_failure_warns_that_it_fails_again_unless_fixed(
     service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    permanent = await write_letter(
-        mongo_db, "evt_p", code="order_mismatch", reason=DeadLetterReason.PERMANENT
-    )
+    permanent = await write_permanent_letter(mongo_db, "evt_p")
     transient = await write_letter(mongo_db, "evt_t")
     dry = await service.replay(permanent, by="ops", dry_run=True)
     assert dry.warning == (
@@ -434,11 +386,9 @@ async def test_replaying_a_permanent_failure_warns_that_it_fails_again_unless_fi
 
 
 async def test_bulk_replay_takes_only_pending_matches_newest_first_up_to_the_limit(
-    service: DeadLetterService, redis: ArqRedis, mongo_db: AsyncDatabase[Document]
+    service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    keys = [
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(minutes=i)) for i in range(4)
-    ]
+    keys = await write_letters(mongo_db, 4, every=timedelta(minutes=1))
     await write_letter(mongo_db, "evt_mismatch", code="order_mismatch")
     await service.discard(keys[3], by="ops", reason="test event")
 
@@ -468,7 +418,7 @@ async def test_bulk_replay_refuses_a_status_other_than_pending(
 
 
 async def test_an_undecodable_dead_letter_is_not_replayable_and_reported_in_bulk(
-    service: DeadLetterService, processor: EventProcessor, mongo_db: AsyncDatabase[Document]
+    service: DeadLetterService, processor: EventProcessor
 ) -> None:
     broken = {"source": "acme", "event": {"event_id": "evt_9", "event_type": "nope"}}
     assert await processor.process("acme:evt_9", 1, broken) == "dead_lettered"
@@ -495,15 +445,13 @@ async def test_a_replay_redis_refused_is_closed_as_enqueue_failed_and_can_be_ret
     service: DeadLetterService,
     redis_server: RedisServer,
     redis: ArqRedis,
-    settings: Settings,
     mongo_db: AsyncDatabase[Document],
 ) -> None:
     key = await write_letter(mongo_db, "evt_1")
     redis_server.stop()
     with pytest.raises(QueueUnavailable):
         await service.replay(key, by="ops")
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
+    letter = await stored_letter(mongo_db, key)
     assert letter.status == "pending"
     assert [(r.job_id, r.outcome) for r in letter.replays] == [
         (f"replay/1/{key}", "enqueue_failed")
@@ -514,16 +462,29 @@ async def test_a_replay_redis_refused_is_closed_as_enqueue_failed_and_can_be_ret
     assert await redis.exists(job_key_prefix + f"replay/2/{key}")
 
 
-async def test_a_replay_whose_job_vanished_blocks_new_replays_only_for_the_grace_period(
-    make_service: MakeService,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
-) -> None:
+@dataclass
+class Replayed:
+    """A dead letter replayed once by a service on a settable wall clock."""
+
+    service: DeadLetterService
+    clock: Clock
+    key: str
+
+
+@pytest.fixture
+async def replayed(make_service: MakeService, mongo_db: AsyncDatabase[Document]) -> Replayed:
+    """``acme:evt_1`` dead-lettered and replayed once, the clock at the real time of the replay."""
     clock = Clock(datetime.now(UTC))
     service = make_service(clock=clock)
     key = await write_letter(mongo_db, "evt_1")
     await service.replay(key, by="ops")
+    return Replayed(service, clock, key)
+
+
+async def test_a_replay_whose_job_vanished_blocks_new_replays_only_for_the_grace_period(
+    replayed: Replayed, redis: ArqRedis
+) -> None:
+    service, clock, key = replayed.service, replayed.clock, replayed.key
     await redis.flushall()  # e.g. a Redis crash lost the job
 
     clock.now += timedelta(seconds=ENQUEUE_GRACE_S - 1)
@@ -534,47 +495,29 @@ async def test_a_replay_whose_job_vanished_blocks_new_replays_only_for_the_grace
 
 
 async def test_a_replay_whose_job_is_still_queued_stays_in_flight_after_the_grace_period(
-    make_service: MakeService,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    replayed: Replayed,
 ) -> None:
-    clock = Clock(datetime.now(UTC))
-    service = make_service(clock=clock)
-    key = await write_letter(mongo_db, "evt_1")
-    await service.replay(key, by="ops")
-    clock.now += timedelta(hours=1)
-    assert (await service.replay(key, by="ops")).action is ReplayAction.IN_FLIGHT
+    replayed.clock.now += timedelta(hours=1)
+    assert (await replayed.service.replay(replayed.key, by="ops")).action is ReplayAction.IN_FLIGHT
 
 
 async def test_an_unreachable_redis_while_checking_an_earlier_replay_is_queue_unavailable(
-    make_service: MakeService,
-    redis_server: RedisServer,
-    mongo_db: AsyncDatabase[Document],
+    replayed: Replayed, redis_server: RedisServer
 ) -> None:
-    clock = Clock(datetime.now(UTC))
-    service = make_service(clock=clock)
-    key = await write_letter(mongo_db, "evt_1")
-    await service.replay(key, by="ops")
-    clock.now += timedelta(hours=1)
+    replayed.clock.now += timedelta(hours=1)
     redis_server.stop()
-    with pytest.raises(QueueUnavailable, match=f"replay job replay/1/{key}"):
-        await service.replay(key, by="ops", dry_run=True)
+    with pytest.raises(QueueUnavailable, match=f"replay job replay/1/{replayed.key}"):
+        await replayed.service.replay(replayed.key, by="ops", dry_run=True)
 
 
 # ── pacing ──────────────────────────────────────────────────────────────────
 
 
 async def test_bulk_replay_at_a_rate_spaces_the_replays_by_the_interval(
-    make_service: MakeService,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    for i in range(5):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i))
+    await write_letters(mongo_db, 5)
     fake = FakeTime()
-    service = make_service()
     started: list[float] = []
     async for item in service.replay_matching(
         DeadLetterFilter(), by="ops", pacer=Pacer(parse_rate("4/s"), now=fake, sleep=fake.sleep)
@@ -602,15 +545,10 @@ async def test_pacer_lets_the_first_call_through_and_never_bursts_after_falling_
 
 
 async def test_a_dry_run_is_not_paced(
-    make_service: MakeService,
-    redis: ArqRedis,
-    settings: Settings,
-    mongo_db: AsyncDatabase[Document],
+    service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    for i in range(3):
-        await write_letter(mongo_db, f"evt_{i}")
+    await write_letters(mongo_db, 3, every=timedelta(0))
     fake = FakeTime()
-    service = make_service()
     pacer = Pacer(1.0, now=fake, sleep=fake.sleep)
     results = await collect(
         service.replay_matching(DeadLetterFilter(), by="ops", dry_run=True, pacer=pacer)
@@ -660,8 +598,7 @@ def test_a_time_that_cannot_be_read_is_refused_naming_the_parameter(text: str) -
 async def test_a_cursor_stands_for_the_last_row_of_its_page(
     service: DeadLetterService, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    for i in range(3):
-        await write_letter(mongo_db, f"evt_{i}", at=T0 + timedelta(seconds=i))
+    await write_letters(mongo_db, 3)
     page = await service.list(DeadLetterFilter(), limit=2)
     assert page.next_cursor is not None
     position = decode_cursor(page.next_cursor)
@@ -678,8 +615,7 @@ async def test_discard_without_a_reason_is_refused_and_changes_nothing(
     key = await write_letter(mongo_db, "evt_1")
     with pytest.raises(DiscardReasonRequired):
         await service.discard(key, by="ops", reason=reason)
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
+    letter = await stored_letter(mongo_db, key)
     assert (letter.status, letter.discard_reason) == ("pending", None)
 
 
@@ -699,28 +635,17 @@ async def test_discard_records_the_reason_and_the_operator_and_is_idempotent(
         "order was cancelled upstream",
         "alice",
     )
-    letter = await DeadLetters(mongo_db).get(key)
-    assert letter is not None
-    assert (letter.status, letter.discard_reason, letter.discarded_by) == (
-        "discarded",
-        "order was cancelled upstream",
-        "alice",
-    )
+    await assert_discarded(mongo_db, key, "order was cancelled upstream", "alice")
 
 
 async def test_an_entry_being_replayed_or_replayed_cannot_be_discarded(
-    service: DeadLetterService,
-    processor: EventProcessor,
-    downstream: MockDownstreamClient,
-    redis: ArqRedis,
-    settings: Settings,
+    service: DeadLetterService, outage: Outage
 ) -> None:
-    (key,) = await outage_dead_letters(processor, downstream, "evt_1")
-    await downstream.control(always={})
+    (key,) = await outage.dead_letter("evt_1", fixed=True)
     await service.replay(key, by="ops")
     with pytest.raises(NotDiscardable, match="in flight"):
         await service.discard(key, by="ops", reason="changed my mind")
-    await drain(redis, settings.queue_name, processor)
+    await outage.drain()
     with pytest.raises(NotDiscardable, match="replayed successfully"):
         await service.discard(key, by="ops", reason="changed my mind")
     with pytest.raises(DeadLetterNotFound):

@@ -9,7 +9,7 @@ test's Redis, configured by ``build_worker_settings``; the process-level ones
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,12 +30,12 @@ from scripts.harness.tcp_proxy import OutageMode, TcpProxy
 from shared.contracts import CourierEvent, QueuedEvent
 from shared.queue import deserialize, serialize, worker_health_key
 from shared.settings import Settings, SettingsError, load_settings
-from shared.storage.dead_letters import DeadLetters
-from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import Document, open_mongo
 from tests.factories import make_event
+from tests.plugins.worker import stored_letter, stored_record
 
 MakeProcessor = Callable[..., EventProcessor]
+BurstOne = Callable[..., Awaitable[tuple[QueuedEvent, Worker, JobResult]]]
 
 # arq 0.28's Worker.close() calls redis-py's deprecated close(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
@@ -125,58 +125,75 @@ def test_environment_with_a_lease_not_longer_than_the_job_timeout_names_the_vari
         load_settings(environ)
 
 
-async def test_unknown_exceptions_become_retries_then_a_dead_letter_never_an_arq_failure(
+@pytest.fixture
+def burst_one(
     redis: ArqRedis,
-    enqueue: Callable[..., Any],
+    enqueue: Callable[..., Awaitable[bool]],
     worker_settings: Callable[..., Settings],
     make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
-) -> None:
-    settings = worker_settings(max_attempts=3, backoff_base_s=0.01)
-    processor = make_processor(settings, downstream=FailsWith(RuntimeError("bug")))
-    queued = make_event()
-    await enqueue(queued)
-    worker = await run_burst(settings, processor)
-    assert (worker.jobs_failed, worker.jobs_retried, worker.jobs_complete) == (0, 2, 1)
-    info = await result_of(redis, queued.idempotency_key)
-    assert (info.success, info.result, info.job_try) == (True, "dead_lettered", 3)
-    letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
-    assert letter is not None
-    assert letter.reason == "retries_exhausted"
+) -> BurstOne:
+    """Enqueue one new event and run :func:`run_burst` on the fast settings and ``overrides``.
+
+    ``deliverer``: a processor delivering with it (``None``: the worker's own
+    startup builds the processor); ``db``: that processor's database;
+    ``arq_job_timeout``: arq's own job timeout instead of the settings'.
+    Returns the event, the worker and arq's result of the job.
+    """
+
+    async def run(
+        deliverer: Any = None,
+        *,
+        db: AsyncDatabase[Document] | None = None,
+        arq_job_timeout: float | None = None,
+        **overrides: Any,
+    ) -> tuple[QueuedEvent, Worker, JobResult]:
+        settings = worker_settings(**overrides)
+        processor = None
+        if deliverer is not None:
+            processor = make_processor(settings, downstream=deliverer, db=db)
+        arq_options = {} if arq_job_timeout is None else {"job_timeout": arq_job_timeout}
+        queued = make_event()
+        assert await enqueue(queued)
+        worker = await run_burst(settings, processor, **arq_options)
+        return queued, worker, await result_of(redis, queued.idempotency_key)
+
+    return run
 
 
-async def test_job_cut_off_by_arqs_own_timeout_is_rerun_not_failed_and_not_counted(
-    redis: ArqRedis,
-    enqueue: Callable[..., Any],
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+async def assert_rerun_once_and_succeeded_uncounted(
+    db: AsyncDatabase[Document], queued: QueuedEvent, worker: Worker, info: JobResult, calls: int
 ) -> None:
-    # Our own deadline (80 % of 5 s) is far away; arq's job_timeout of 0.3 s
-    # cancels the job, which arq alone would record as a failed job.
-    settings = worker_settings(job_timeout_s=5.0, lease_s=6.0)
-    deliverer = HangsOnce()
-    processor = make_processor(settings, downstream=deliverer)
-    queued = make_event()
-    await enqueue(queued)
-    worker = await run_burst(settings, processor, job_timeout=0.3)
-    assert (worker.jobs_failed, worker.jobs_complete, deliverer.calls) == (0, 1, 2)
-    info = await result_of(redis, queued.idempotency_key)
+    """The job was cut off once, re-run, and succeeded: no arq failure, no attempt counted."""
+    assert (worker.jobs_failed, worker.jobs_complete, calls) == (0, 1, 2)
     assert (info.success, info.result) == (True, "succeeded")
-    record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
-    assert record is not None
+    record = await stored_record(db, queued.idempotency_key)
     assert (record.status, record.attempts) == ("succeeded", 0)
 
 
-async def test_job_results_are_msgpack_not_pickle(
-    redis: ArqRedis,
-    enqueue: Callable[..., Any],
-    worker_settings: Callable[..., Settings],
-    mongo_db: AsyncDatabase[Document],
+async def test_unknown_exceptions_become_retries_then_a_dead_letter_never_an_arq_failure(
+    burst_one: BurstOne, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    queued = make_event()
-    await enqueue(queued)
-    await run_burst(worker_settings())
+    deliverer = FailsWith(RuntimeError("bug"))
+    queued, worker, info = await burst_one(deliverer, max_attempts=3, backoff_base_s=0.01)
+    assert (worker.jobs_failed, worker.jobs_retried, worker.jobs_complete) == (0, 2, 1)
+    assert (info.success, info.result, info.job_try) == (True, "dead_lettered", 3)
+    assert (await stored_letter(mongo_db, queued.idempotency_key)).reason == "retries_exhausted"
+
+
+async def test_job_cut_off_by_arqs_own_timeout_is_rerun_not_failed_and_not_counted(
+    burst_one: BurstOne, mongo_db: AsyncDatabase[Document]
+) -> None:
+    # Our own deadline (80 % of 5 s) is far away; arq's job_timeout of 0.3 s
+    # cancels the job, which arq alone would record as a failed job.
+    deliverer = HangsOnce()
+    queued, worker, info = await burst_one(
+        deliverer, arq_job_timeout=0.3, job_timeout_s=5.0, lease_s=6.0
+    )
+    await assert_rerun_once_and_succeeded_uncounted(mongo_db, queued, worker, info, deliverer.calls)
+
+
+async def test_job_results_are_msgpack_not_pickle(burst_one: BurstOne, redis: ArqRedis) -> None:
+    queued, _, _ = await burst_one()
     raw = await redis.get(result_key_prefix + queued.idempotency_key)
     assert raw is not None
     with pytest.raises(pickle.UnpicklingError):
@@ -207,12 +224,7 @@ class CutsMongoThenFails:
 
 
 async def test_job_cut_off_by_arqs_timeout_while_recording_a_failure_is_rerun_not_failed(
-    redis: ArqRedis,
-    enqueue: Callable[..., Any],
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
-    mongo_url: str,
+    burst_one: BurstOne, mongo_db: AsyncDatabase[Document], mongo_url: str
 ) -> None:
     # Found by `gateway chaos` (blackhole MongoDB outage): a failure being
     # recorded when arq's job_timeout fired ended the job as arq's TimeoutError
@@ -221,18 +233,15 @@ async def test_job_cut_off_by_arqs_timeout_while_recording_a_failure_is_rerun_no
     proxy = await TcpProxy(target.port or 27017, target_host=target.hostname or "").start()
     client = open_mongo(f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true", timeout_s=2.0)
     try:
-        settings = worker_settings(job_timeout_s=5.0, lease_s=6.0)
         deliverer = CutsMongoThenFails(proxy, outage_s=1.5)
-        processor = make_processor(settings, downstream=deliverer, db=client[mongo_db.name])
-        queued = make_event()
-        await enqueue(queued)
-        worker = await run_burst(settings, processor, job_timeout=0.5)
+        queued, worker, info = await burst_one(
+            deliverer,
+            db=client[mongo_db.name],
+            arq_job_timeout=0.5,
+            job_timeout_s=5.0,
+            lease_s=6.0,
+        )
     finally:
         await client.close()
         await proxy.stop()
-    assert (worker.jobs_failed, worker.jobs_complete, deliverer.calls) == (0, 1, 2)
-    info = await result_of(redis, queued.idempotency_key)
-    assert (info.success, info.result) == (True, "succeeded")
-    record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
-    assert record is not None
-    assert (record.status, record.attempts) == ("succeeded", 0)
+    await assert_rerun_once_and_succeeded_uncounted(mongo_db, queued, worker, info, deliverer.calls)

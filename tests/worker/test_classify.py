@@ -8,15 +8,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway_worker import errors
 from gateway_worker.classify import classify
-from gateway_worker.errors import (
-    DownstreamStatusError,
-    DownstreamTimeout,
-    DownstreamUnreachable,
-    ErrorCode,
-    PermanentError,
-    TransientError,
-)
+from gateway_worker.errors import DownstreamStatusError, ErrorCode
 from shared.queue import QueueUnavailable
 from shared.storage.errors import DocumentNotStorable, StoreRejected, StoreUnavailable
 
@@ -30,6 +24,11 @@ def _undecodable() -> msgspec.ValidationError:
 
 
 C = ErrorCode
+TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504, 599)
+"""Downstream answers to retry: the 4xx that mean "later", and every 5xx (a sample)."""
+PERMANENT_HTTP = (400, 401, 403, 404, 409, 410, 422, 301)
+"""Downstream answers not to retry: every other 4xx (a sample), and a redirect."""
+
 TABLE: list[tuple[str, BaseException, bool, ErrorCode]] = [
     # MongoDB network / timeout / not-primary errors reach us translated.
     (
@@ -58,34 +57,31 @@ TABLE: list[tuple[str, BaseException, bool, ErrorCode]] = [
     ("redis timeout", RedisTimeoutError("slow"), True, C.QUEUE_UNAVAILABLE),
     ("redis error reply", ResponseError("LOADING"), True, C.QUEUE_UNAVAILABLE),
     ("queue unavailable", QueueUnavailable("no EXEC"), True, C.QUEUE_UNAVAILABLE),
-    ("downstream timeout", DownstreamTimeout("no answer"), True, C.DOWNSTREAM_TIMEOUT),
-    ("downstream refused", DownstreamUnreachable("ConnectError"), True, C.DOWNSTREAM_UNREACHABLE),
+    ("downstream timeout", errors.DownstreamTimeout("no answer"), True, C.DOWNSTREAM_TIMEOUT),
+    (
+        "downstream refused",
+        errors.DownstreamUnreachable("ConnectError"),
+        True,
+        C.DOWNSTREAM_UNREACHABLE,
+    ),
     ("plain connection error", ConnectionResetError("reset"), True, C.CONNECTION_ERROR),
-    ("http 408", DownstreamStatusError(408), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 425", DownstreamStatusError(425), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 429", DownstreamStatusError(429), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 500", DownstreamStatusError(500), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 502", DownstreamStatusError(502), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 503", DownstreamStatusError(503), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 504", DownstreamStatusError(504), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 599", DownstreamStatusError(599), True, C.DOWNSTREAM_UNAVAILABLE),
-    ("http 400", DownstreamStatusError(400), False, C.DOWNSTREAM_REJECTED),
-    ("http 401", DownstreamStatusError(401), False, C.DOWNSTREAM_REJECTED),
-    ("http 403", DownstreamStatusError(403), False, C.DOWNSTREAM_REJECTED),
-    ("http 404", DownstreamStatusError(404), False, C.DOWNSTREAM_REJECTED),
-    ("http 409", DownstreamStatusError(409), False, C.DOWNSTREAM_REJECTED),
-    ("http 410", DownstreamStatusError(410), False, C.DOWNSTREAM_REJECTED),
-    ("http 422", DownstreamStatusError(422), False, C.DOWNSTREAM_REJECTED),
-    ("http 301", DownstreamStatusError(301), False, C.DOWNSTREAM_REJECTED),
+    *[
+        (f"http {status}", DownstreamStatusError(status), True, C.DOWNSTREAM_UNAVAILABLE)
+        for status in TRANSIENT_HTTP
+    ],
+    *[
+        (f"http {status}", DownstreamStatusError(status), False, C.DOWNSTREAM_REJECTED)
+        for status in PERMANENT_HTTP
+    ],
     (
         "invalid transition",
-        PermanentError(ErrorCode.INVALID_TRANSITION, "delivered is terminal"),
+        errors.PermanentError(ErrorCode.INVALID_TRANSITION, "delivered is terminal"),
         False,
         C.INVALID_TRANSITION,
     ),
     (
         "order mismatch",
-        PermanentError(ErrorCode.ORDER_MISMATCH, "other order"),
+        errors.PermanentError(ErrorCode.ORDER_MISMATCH, "other order"),
         False,
         ErrorCode.ORDER_MISMATCH,
     ),
@@ -93,7 +89,7 @@ TABLE: list[tuple[str, BaseException, bool, ErrorCode]] = [
     ("undecodable bytes", msgspec.DecodeError("truncated"), False, C.UNDECODABLE_PAYLOAD),
     (
         "own job deadline",
-        TransientError(ErrorCode.JOB_TIMEOUT, "took too long"),
+        errors.TransientError(ErrorCode.JOB_TIMEOUT, "took too long"),
         True,
         ErrorCode.JOB_TIMEOUT,
     ),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -21,14 +22,17 @@ from scripts.harness.services import free_port
 from scripts.proof.probes import CommandCounter
 from shared.contracts import CourierEvent, EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
-from shared.storage.dead_letters import DeadLetters
+from shared.storage.dead_letters import DeadLetterDocument
 from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, open_mongo
 from shared.storage.shipments import Shipments
 from tests.factories import T0, Clock, make_event, payload
 from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
+from tests.plugins.worker import stored_letter, stored_record, stored_shipment
 
 MakeProcessor = Callable[..., EventProcessor]
+MOCK: Any = object()
+"""Deliver to the mock downstream (the default of :func:`build`)."""
 
 
 class Raising:
@@ -75,37 +79,72 @@ def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+@dataclass
+class Built:
+    """A processor, the settings it runs with and the metrics it counts in."""
+
+    processor: EventProcessor
+    settings: Settings
+    metrics: WorkerMetrics
+
+    def sample(self, name: str, **labels: str) -> float:
+        return sample(self.metrics, name, **labels)
+
+
+Build = Callable[..., Built]
+
+
+@pytest.fixture
+def build(
+    worker_settings: Callable[..., Settings], make_processor: MakeProcessor, downstream_url: str
+) -> Build:
+    """Build a processor with the fast settings and ``overrides``, counting in its own metrics.
+
+    ``downstream``: the mock downstream unless given (``None``: no delivery step).
+    """
+
+    def make(
+        *,
+        downstream: Any = MOCK,
+        db: AsyncDatabase[Document] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        **overrides: Any,
+    ) -> Built:
+        settings = worker_settings(**overrides)
+        metrics = WorkerMetrics()
+        deliverer = downstream_url if downstream is MOCK else downstream
+        processor = make_processor(
+            settings, downstream=deliverer, db=db, clock=clock, metrics=metrics
+        )
+        return Built(processor, settings, metrics)
+
+    return make
+
+
 async def test_happy_path_applies_delivers_marks_in_three_mongo_round_trips(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
+    build: Build,
     mongo_url: str,
     mongo_db: AsyncDatabase[Document],
     downstream: MockDownstreamClient,
-    downstream_url: str,
 ) -> None:
-    settings = worker_settings()
     listener = CommandCounter()
     client: AsyncMongoClient[Document] = open_mongo(mongo_url, event_listeners=[listener])
     try:
-        metrics = WorkerMetrics()
-        processor = make_processor(
-            settings, downstream=downstream_url, db=client[settings.mongo_db], metrics=metrics
-        )
+        built = build(db=client[mongo_db.name])
         queued = make_event("evt_1", EventType.PICKED_UP)
         listener.commands.clear()
-        assert await processor.process(queued.idempotency_key, 1, payload(queued)) == "succeeded"
+        assert await built.processor.process(queued.idempotency_key, 1, payload(queued)) == (
+            "succeeded"
+        )
         assert listener.commands == ["findAndModify", "findAndModify", "update"]
     finally:
         await client.close()
 
-    record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
-    assert record is not None
+    record = await stored_record(mongo_db, queued.idempotency_key)
     assert (record.status, record.attempts) == ("succeeded", 0)
     assert (record.lease_until, record.lease_owner, record.lease_job_id) == (None, None, None)
     assert record.completed_at is not None
-    shipment = await Shipments(mongo_db).get("acme", "shp_1")
-    assert shipment is not None
-    assert shipment["status"] == "picked_up"
+    assert (await stored_shipment(mongo_db))["status"] == "picked_up"
     log = await downstream.deliveries()
     assert log.ok == {"acme:evt_1": 1}
     delivery = log.deliveries[0]
@@ -118,31 +157,24 @@ async def test_happy_path_applies_delivers_marks_in_three_mongo_round_trips(
         "order_id": "ord_1",
         "tracking_number": "1Z999",
     }
-    assert sample(metrics, "gateway_worker_jobs_total", outcome="succeeded") == 1
+    assert built.sample("gateway_worker_jobs_total", outcome="succeeded") == 1
 
 
 async def test_second_job_of_a_finished_key_is_a_counted_duplicate(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    downstream: MockDownstreamClient,
-    downstream_url: str,
+    build: Build, downstream: MockDownstreamClient
 ) -> None:
-    metrics = WorkerMetrics()
-    processor = make_processor(worker_settings(), downstream=downstream_url, metrics=metrics)
+    built = build()
     queued = make_event()
-    assert await processor.process(queued.idempotency_key, 1, payload(queued)) == "succeeded"
-    assert await processor.process("resubmitted-later", 1, payload(queued)) == "duplicate"
+    assert await built.processor.process(queued.idempotency_key, 1, payload(queued)) == "succeeded"
+    assert await built.processor.process("resubmitted-later", 1, payload(queued)) == "duplicate"
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
-    assert sample(metrics, "gateway_events_duplicate_total", source="acme", stage="worker") == 1
-    assert sample(metrics, "gateway_worker_jobs_total", outcome="duplicate") == 1
+    assert built.sample("gateway_events_duplicate_total", source="acme", stage="worker") == 1
+    assert built.sample("gateway_worker_jobs_total", outcome="duplicate") == 1
 
 
 async def test_job_behind_another_jobs_live_lease_is_deferred_not_counted(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    settings = worker_settings(lease_s=30.0)
     clock = Clock()
     await ProcessedEvents(mongo_db).claim(
         "acme:evt_1",
@@ -155,18 +187,16 @@ async def test_job_behind_another_jobs_live_lease_is_deferred_not_counted(
         lease_s=30.0,
     )
     clock.advance(10)
-    metrics = WorkerMetrics()
-    processor = make_processor(settings, clock=clock, metrics=metrics)
+    built = build(downstream=None, clock=clock, lease_s=30.0)
     with pytest.raises(Retry) as retry:
-        await processor.process("second", 1, payload(make_event()))
+        await built.processor.process("second", 1, payload(make_event()))
     defer_ms = retry.value.defer_score
     assert defer_ms is not None
     assert 20_000 <= defer_ms <= 23_000
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_1")
     assert record.attempts == 0
     assert record.lease_job_id == "first"
-    assert sample(metrics, "gateway_worker_jobs_total", outcome="deferred") == 1
+    assert built.sample("gateway_worker_jobs_total", outcome="deferred") == 1
 
 
 @pytest.mark.parametrize(
@@ -189,79 +219,59 @@ async def test_job_behind_another_jobs_live_lease_is_deferred_not_counted(
     ids=["invalid_transition", "order_mismatch"],
 )
 async def test_rejected_event_is_dead_lettered_after_one_attempt_without_delivery(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
+    build: Build,
     mongo_db: AsyncDatabase[Document],
     downstream: MockDownstreamClient,
-    downstream_url: str,
     second: QueuedEvent,
     code: str,
 ) -> None:
-    metrics = WorkerMetrics()
-    processor = make_processor(worker_settings(), downstream=downstream_url, metrics=metrics)
+    built = build()
     first = make_event("evt_1", EventType.DELIVERED)
-    assert await processor.process(first.idempotency_key, 1, payload(first)) == "succeeded"
+    assert await built.processor.process(first.idempotency_key, 1, payload(first)) == "succeeded"
     shipment_before = await Shipments(mongo_db).get("acme", "shp_1")
 
-    result, retries = await run_to_end(processor, second)
+    result, retries = await run_to_end(built.processor, second)
     assert (result, retries) == ("dead_lettered", [])
     assert await Shipments(mongo_db).get("acme", "shp_1") == shipment_before
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
-    record = await ProcessedEvents(mongo_db).get("acme:evt_2")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_2")
     assert record.last_error is not None
     assert (record.status, record.attempts, record.last_error.code) == (
         "dead_lettered",
         1,
         code,
     )
-    letter = await DeadLetters(mongo_db).get("acme:evt_2")
-    assert letter is not None
-    assert (letter.reason, letter.error.code, letter.status) == (
-        "permanent",
-        code,
-        "pending",
-    )
+    letter = await stored_letter(mongo_db, "acme:evt_2")
+    assert (letter.reason, letter.error.code, letter.status) == ("permanent", code, "pending")
     assert [a.attempt for a in letter.attempts] == [1]
     assert letter.attempts[0].transient is False
     assert (letter.event_id, letter.event_type) == ("evt_2", second.event.event_type.value)
     assert letter.body == second.body
     assert (letter.source, letter.shipment_id) == ("acme", "shp_1")
-    assert sample(metrics, "gateway_worker_dead_letters_total", reason="permanent", code=code) == 1
+    assert built.sample("gateway_worker_dead_letters_total", reason="permanent", code=code) == 1
 
 
 async def test_downstream_400_is_dead_lettered_after_one_attempt(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
-    downstream_url: str,
+    build: Build, mongo_db: AsyncDatabase[Document], downstream: MockDownstreamClient
 ) -> None:
     await downstream.control(always={"acme:evt_1": 400})
-    processor = make_processor(worker_settings(), downstream=downstream_url)
-    result, retries = await run_to_end(processor, make_event())
+    result, retries = await run_to_end(build().processor, make_event())
     assert (result, retries) == ("dead_lettered", [])
-    letter = await DeadLetters(mongo_db).get("acme:evt_1")
-    assert letter is not None
+    letter = await stored_letter(mongo_db, "acme:evt_1")
     assert (letter.reason, letter.error.code) == ("permanent", "downstream_rejected")
     assert (await downstream.deliveries()).counts == {"acme:evt_1": 1}
 
 
 async def test_transient_failures_are_retried_with_jittered_backoff_then_succeed(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
-    downstream_url: str,
+    build: Build, mongo_db: AsyncDatabase[Document], downstream: MockDownstreamClient
 ) -> None:
-    settings = worker_settings()
     await downstream.control(fail_first=2)
-    processor = make_processor(settings, downstream=downstream_url)
-    result, retries = await run_to_end(processor, make_event())
+    built = build()
+    settings = built.settings
+    result, retries = await run_to_end(built.processor, make_event())
     assert result == "succeeded"
     assert len(retries) == 2
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_1")
     assert (record.status, record.attempts) == ("succeeded", 2)
     for number, (entry, retry) in enumerate(zip(record.attempt_log, retries, strict=True), 1):
         bound_ms = 1000 * backoff_bound(
@@ -280,13 +290,10 @@ async def test_transient_failures_are_retried_with_jittered_backoff_then_succeed
 
 
 async def test_retry_after_from_the_downstream_is_a_floor_on_the_delay(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    downstream: MockDownstreamClient,
-    downstream_url: str,
+    build: Build, downstream: MockDownstreamClient
 ) -> None:
     await downstream.control(fail_first=1, retry_after="1")
-    processor = make_processor(worker_settings(backoff_cap_s=5.0), downstream=downstream_url)
+    processor = build(backoff_cap_s=5.0).processor
     queued = make_event()
     with pytest.raises(Retry) as retry:
         await processor.process(queued.idempotency_key, 1, payload(queued))
@@ -294,62 +301,50 @@ async def test_retry_after_from_the_downstream_is_a_floor_on_the_delay(
 
 
 async def test_unknown_exceptions_are_retried_until_attempts_run_out(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    settings = worker_settings(max_attempts=3)
     deliverer = Raising(RuntimeError("a bug"))
-    metrics = WorkerMetrics()
-    processor = make_processor(settings, downstream=deliverer, metrics=metrics)
-    result, retries = await run_to_end(processor, make_event())
+    built = build(downstream=deliverer, max_attempts=3)
+    result, retries = await run_to_end(built.processor, make_event())
     assert (result, len(retries), deliverer.calls) == ("dead_lettered", 2, 3)
-    letter = await DeadLetters(mongo_db).get("acme:evt_1")
-    assert letter is not None
+    letter = await stored_letter(mongo_db, "acme:evt_1")
     assert (letter.reason, letter.error.code) == ("retries_exhausted", "unexpected_error")
     assert [a.attempt for a in letter.attempts] == [1, 2, 3]
     assert letter.error.message == "RuntimeError: a bug"
-    assert sample(metrics, "gateway_worker_retries_total", code="unexpected_error") == 2
+    assert built.sample("gateway_worker_retries_total", code="unexpected_error") == 2
 
 
 async def test_cancelled_run_gives_its_lease_back_without_counting_an_attempt(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
     deliverer = Blocking()
-    metrics = WorkerMetrics()
-    processor = make_processor(
-        worker_settings(job_timeout_s=30, lease_s=40), downstream=deliverer, metrics=metrics
-    )
+    built = build(downstream=deliverer, job_timeout_s=30, lease_s=40)
     queued = make_event()
-    task = asyncio.create_task(processor.process(queued.idempotency_key, 1, payload(queued)))
+    task = asyncio.create_task(built.processor.process(queued.idempotency_key, 1, payload(queued)))
     await asyncio.wait_for(deliverer.entered.wait(), 10)
     task.cancel()
     with pytest.raises(Retry):
         await task
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_1")
     assert (record.status, record.attempts) == ("retrying", 0)
     assert record.lease_until is None
     assert record.attempt_log == ()
-    assert sample(metrics, "gateway_worker_jobs_total", outcome="cancelled") == 1
+    assert built.sample("gateway_worker_jobs_total", outcome="cancelled") == 1
     # The re-run takes the key and finishes it.
     deliverer.release.set()
-    assert await processor.process(queued.idempotency_key, 2, payload(queued)) == "succeeded"
+    assert await built.processor.process(queued.idempotency_key, 2, payload(queued)) == (
+        "succeeded"
+    )
 
 
 async def test_steps_past_the_job_deadline_are_a_counted_transient_failure(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    processor = make_processor(worker_settings(job_timeout_s=0.5, lease_s=3), downstream=Blocking())
+    processor = build(downstream=Blocking(), job_timeout_s=0.5, lease_s=3).processor
     queued = make_event()
     with pytest.raises(Retry):
         await processor.process(queued.idempotency_key, 1, payload(queued))
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_1")
     assert (record.status, record.attempts) == ("retrying", 1)
     assert record.last_error is not None
     assert record.last_error.code == "job_timeout"
@@ -368,71 +363,67 @@ async def unreachable_db(mongo_db_name: str) -> AsyncIterator[AsyncDatabase[Docu
 
 
 async def test_failure_that_cannot_be_recorded_is_retried_without_counting(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    unreachable_db: AsyncDatabase[Document],
+    build: Build, unreachable_db: AsyncDatabase[Document]
 ) -> None:
-    settings = worker_settings(backoff_cap_s=0.5)
-    metrics = WorkerMetrics()
-    processor = make_processor(settings, db=unreachable_db, metrics=metrics)
+    built = build(downstream=None, db=unreachable_db, backoff_cap_s=0.5)
     queued = make_event()
     for job_try in (1, 2, 3):
         with pytest.raises(Retry) as retry:
-            await processor.process(queued.idempotency_key, job_try, payload(queued))
+            await built.processor.process(queued.idempotency_key, job_try, payload(queued))
         assert retry.value.defer_score is not None
         assert retry.value.defer_score <= 500
-    assert sample(metrics, "gateway_worker_retries_total", code="store_unavailable") == 3
+    assert built.sample("gateway_worker_retries_total", code="store_unavailable") == 3
+
+
+async def assert_undecodable_dead_letter(
+    db: AsyncDatabase[Document], key: str, body: bytes
+) -> DeadLetterDocument:
+    """``key`` is dead-lettered for an undecodable payload, keeping ``body``; its letter."""
+    letter = await stored_letter(db, key)
+    assert (letter.reason, letter.error.code) == ("permanent", "undecodable_payload")
+    assert letter.body == body
+    assert (await stored_record(db, key)).status == "dead_lettered"
+    return letter
 
 
 async def test_undecodable_payload_is_dead_lettered_under_its_job_id(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    processor = make_processor(worker_settings())
+    processor = build(downstream=None).processor
     broken: dict[str, Any] = {
         "source": "acme",
         "request_id": "req_9",
         "event": {"event_id": "evt_9", "event_type": "shipment.teleported"},
     }
     assert await processor.process("acme:evt_9", 1, broken) == "dead_lettered"
-    letter = await DeadLetters(mongo_db).get("acme:evt_9")
-    assert letter is not None
-    assert (letter.reason, letter.error.code) == ("permanent", "undecodable_payload")
     # A job in the old format (the event decoded): its event is kept as JSON.
-    assert letter.body == msgspec.json.encode(broken["event"])
-    record = await ProcessedEvents(mongo_db).get("acme:evt_9")
-    assert record is not None
-    assert record.status == "dead_lettered"
+    await assert_undecodable_dead_letter(
+        mongo_db, "acme:evt_9", msgspec.json.encode(broken["event"])
+    )
     # Not a dict at all: still dead-lettered, never an arq failure.
     assert await processor.process("weird", 1, ["not", "an", "event"]) == "dead_lettered"
 
 
 async def test_a_body_that_no_longer_decodes_is_dead_lettered_byte_exact(
-    worker_settings: Callable[..., Settings],
-    make_processor: MakeProcessor,
-    mongo_db: AsyncDatabase[Document],
+    build: Build, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    processor = make_processor(worker_settings())
     body = b'{"event_id": "evt_1", "event_type": "shipment.teleported", "data": {"n": 1e999}}'
     queued = msgspec.structs.replace(make_event(), body=body)
-    result, _ = await run_to_end(processor, queued)
+    result, _ = await run_to_end(build(downstream=None).processor, queued)
     assert result == "dead_lettered"
-    letter = await DeadLetters(mongo_db).get(queued.idempotency_key)
-    assert letter is not None
-    assert (letter.reason, letter.error.code) == ("permanent", "undecodable_payload")
-    assert (letter.body, letter.shipment_id, letter.event_type) == (body, None, None)
-    record = await ProcessedEvents(mongo_db).get(queued.idempotency_key)
-    assert record is not None
-    assert record.status == "dead_lettered"
+    letter = await assert_undecodable_dead_letter(mongo_db, queued.idempotency_key, body)
+    assert (letter.shipment_id, letter.event_type) == (None, None)
 
 
 async def _dead_letter_then_add_replay(
     processor: EventProcessor,
     mongo_db: AsyncDatabase[Document],
-    queued: QueuedEvent,
+    downstream: MockDownstreamClient,
     replay_job_ids: list[str],
-) -> None:
+) -> QueuedEvent:
+    """Dead-letter ``acme:evt_1`` by a downstream outage, then note replays of it; its replay."""
+    queued = make_event()
+    await downstream.control(always={"acme:evt_1": 503})
     result, _ = await run_to_end(processor, queued)
     assert result == "dead_lettered"
     await mongo_db[DEAD_LETTER_EVENTS].update_one(
@@ -448,55 +439,37 @@ async def _dead_letter_then_add_replay(
             }
         },
     )
+    return msgspec.structs.replace(queued, replay=ReplayRef(by="ops", at_ms=1))
 
 
 async def test_replayed_dead_letter_is_processed_once_and_marked_replayed(
-    processor: EventProcessor,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
+    processor: EventProcessor, mongo_db: AsyncDatabase[Document], downstream: MockDownstreamClient
 ) -> None:
-    queued = make_event()
-    await downstream.control(always={"acme:evt_1": 503})
-    await _dead_letter_then_add_replay(processor, mongo_db, queued, ["replay-1", "replay-2"])
+    replayed = await _dead_letter_then_add_replay(
+        processor, mongo_db, downstream, ["replay-1", "replay-2"]
+    )
     await downstream.control(always={})
-    replayed = msgspec_replace(queued, replay=ReplayRef(by="ops", at_ms=1))
     assert await processor.process("replay-1", 1, payload(replayed)) == "succeeded"
     assert await processor.process("replay-2", 1, payload(replayed)) == "duplicate"
-    letter = await DeadLetters(mongo_db).get("acme:evt_1")
-    assert letter is not None
+    letter = await stored_letter(mongo_db, "acme:evt_1")
     assert letter.status == "replayed"
     assert [r.outcome for r in letter.replays] == ["succeeded", "duplicate"]
     assert (await downstream.deliveries()).ok == {"acme:evt_1": 1}
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
-    assert record.status == "succeeded"
+    assert (await stored_record(mongo_db, "acme:evt_1")).status == "succeeded"
 
 
 async def test_replay_that_fails_again_returns_the_dead_letter_to_pending_with_new_attempts(
-    processor: EventProcessor,
-    mongo_db: AsyncDatabase[Document],
-    downstream: MockDownstreamClient,
+    processor: EventProcessor, mongo_db: AsyncDatabase[Document], downstream: MockDownstreamClient
 ) -> None:
-    queued = make_event()
-    await downstream.control(always={"acme:evt_1": 503})
-    await _dead_letter_then_add_replay(processor, mongo_db, queued, ["replay-1"])
+    replayed = await _dead_letter_then_add_replay(processor, mongo_db, downstream, ["replay-1"])
     await mongo_db[DEAD_LETTER_EVENTS].update_one(
         {"_id": "acme:evt_1"}, {"$set": {"status": "replayed"}}
     )
-    replayed = msgspec_replace(queued, replay=ReplayRef(by="ops", at_ms=1))
     result, retries = await run_to_end(processor, replayed, job_id="replay-1")
     assert (result, len(retries)) == ("dead_lettered", 1)
-    letter = await DeadLetters(mongo_db).get("acme:evt_1")
-    assert letter is not None
+    letter = await stored_letter(mongo_db, "acme:evt_1")
     assert letter.status == "pending"
     assert [a.attempt for a in letter.attempts] == [1, 2, 1, 2]
     assert [r.outcome for r in letter.replays] == ["dead_lettered"]
-    record = await ProcessedEvents(mongo_db).get("acme:evt_1")
-    assert record is not None
+    record = await stored_record(mongo_db, "acme:evt_1")
     assert (record.status, record.attempts) == ("dead_lettered", 2)
-
-
-def msgspec_replace(queued: QueuedEvent, **changes: Any) -> QueuedEvent:
-    import msgspec
-
-    return msgspec.structs.replace(queued, **changes)

@@ -198,6 +198,10 @@ class ChaosDriver:
             stopped = time.time()
             while self._tasks:
                 await asyncio.gather(*list(self._tasks))
+                # A task already done when gathered leaves the set only in its done
+                # callback, and awaiting a gather of done tasks never yields to the
+                # loop: without this the driver spun forever (seen after a chaos run).
+                await asyncio.sleep(0)
         return DriverResult(
             started_at=started,
             stopped_at=stopped,

@@ -52,9 +52,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from scripts.devstack.stack import Stack, StackOptions
+from scripts.devstack.stack import Stack, proof_stack
 from scripts.harness.mock_downstream import Delivery, MockDownstreamClient
-from scripts.harness.services import free_port, wait_for_port
+from scripts.harness.services import wait_for_port
 from scripts.harness.tcp_proxy import OutageMode
 from scripts.proof.chaos.collect import Collector, job_failures
 from scripts.proof.chaos.driver import ChaosDriver, CourierRetry, DriverResult
@@ -294,12 +294,11 @@ class _Run:
         details: dict[str, Any] = {"in_flight_jobs": len(held), "in_flight": held}
         if not killed:
             details |= {"exit_code": code, "exit_s": round(exited - started, 2)}
-        return FaultRecord(
-            kind=planned.kind,
-            target=worker.name,
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=ended,
+        return _happened(
+            planned,
+            worker.name,
+            started,
+            ended,
             details=details,
             recovery={"worker_back_s": round(ended - started, 2)},
         )
@@ -328,12 +327,11 @@ class _Run:
                 break
             await asyncio.sleep(0.1)
         how = "SIGKILL" if planned.kind is FaultKind.REDIS_CRASH else "SIGTERM"
-        return FaultRecord(
-            kind=planned.kind,
-            target="redis",
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=ended,
+        return _happened(
+            planned,
+            "redis",
+            started,
+            ended,
             details={"stop": how, "queue_depth_before": before, "queue_depth_after": after},
         )
 
@@ -350,12 +348,11 @@ class _Run:
         await asyncio.sleep(max(0.0, started + self.options.redis_down_s - time.time()))
         await asyncio.to_thread(topology.rejoin, killed)
         ended = time.time()
-        return FaultRecord(
-            kind=planned.kind,
-            target=f"redis primary :{killed.port}",
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=ended,
+        return _happened(
+            planned,
+            f"redis primary :{killed.port}",
+            started,
+            ended,
             details={
                 "stop": "SIGKILL",
                 "promoted_after_s": round(promoted - started, 2),
@@ -373,12 +370,10 @@ class _Run:
         await asyncio.to_thread(proxy.go_down, mode)
         await asyncio.sleep(planned.duration_s)
         await asyncio.to_thread(proxy.go_up)
-        return FaultRecord(
-            kind=planned.kind,
-            target="mongodb",
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=time.time(),
+        return _happened(
+            planned,
+            "mongodb",
+            started,
             details={"mode": mode.value},
         )
 
@@ -403,12 +398,10 @@ class _Run:
             await asyncio.to_thread(wait_for_port, port, timeout_s=30)
         finally:
             self._busy.discard(mock.name)
-        return FaultRecord(
-            kind=planned.kind,
-            target="downstream",
-            planned_at_s=planned.at_s,
-            started_at=started,
-            ended_at=time.time(),
+        return _happened(
+            planned,
+            "downstream",
+            started,
             details={
                 "answering_503_s": round(refused_at - started, 2),
                 "refusing_s": round(time.time() - refused_at, 2),
@@ -476,6 +469,28 @@ def _environment(stack: Stack) -> dict[str, str]:
     }
 
 
+def _happened(
+    planned: PlannedFault,
+    target: str,
+    started: float,
+    ended: float | None = None,
+    *,
+    details: dict[str, Any],
+    recovery: dict[str, float | None] | None = None,
+) -> FaultRecord:
+    """The record of ``planned`` as it happened to ``target`` from ``started`` to ``ended``
+    (now when not given)."""
+    return FaultRecord(
+        kind=planned.kind,
+        target=target,
+        planned_at_s=planned.at_s,
+        started_at=started,
+        ended_at=time.time() if ended is None else ended,
+        details=details,
+        recovery=recovery or {},
+    )
+
+
 def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) -> Report:
     """Run the whole chaos experiment and write its report; the report."""
     plan = plan_faults(options)  # fail on a bad schedule before starting anything
@@ -489,22 +504,15 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = click.echo) ->
     output = options.output
     output.mkdir(parents=True, exist_ok=True)
     redis_args = ("--appendfsync", "always") if options.redis_crash else ()
-    stack = Stack(
-        StackOptions(
-            port=options.port or free_port(),
-            workers=options.workers,
-            mongo_url=options.mongo_url,
-            mongo_db=options.mongo_db,
-            redis_appendonly=True,
-            redis_args=redis_args,
-            redis_topology="sentinel" if options.redis_topology == "sentinel" else "single",
-            mongo_proxy=True,
-            mock_downstream=True,
-            mock_args=["--latency-ms", f"{options.downstream_latency_ms:g}"],
-            env=env,
-            log_dir=output / "logs",
-            shutdown_grace_s=SHUTDOWN_GRACE_S,
-        )
+    stack = proof_stack(
+        options,
+        redis_appendonly=True,
+        redis_args=redis_args,
+        redis_topology="sentinel" if options.redis_topology == "sentinel" else "single",
+        mongo_proxy=True,
+        mock_args=["--latency-ms", f"{options.downstream_latency_ms:g}"],
+        env=env,
+        shutdown_grace_s=SHUTDOWN_GRACE_S,
     )
     started = time.time()
     say(f"starting the stack (logs in {output / 'logs'})")

@@ -7,13 +7,13 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from rich.console import Console
 
-from scripts.devstack.stack import Stack, StackOptions
-from scripts.harness.services import ServiceError, free_port
+from scripts.devstack.stack import Stack, proof_stack
+from scripts.harness.services import ServiceError
 from scripts.proof.loadtest.options import (
     STACK_ENV,
     LoadTestError,
@@ -29,6 +29,9 @@ __all__ = [
     "stack_pids",
     "target_endpoints",
 ]
+
+_STACK_URLS: Final = ("api_url", "mongo_url", "redis_url", "mock_url")
+"""Fields of :class:`Endpoints` that a started :class:`Stack` has under the same names."""
 
 
 @dataclass
@@ -54,24 +57,12 @@ def open_endpoints(
     if options.target is not None:
         yield target_endpoints(options, settings)
         return
-    stack = Stack(
-        StackOptions(
-            port=options.port or free_port(),
-            workers=options.workers,
-            redis_url=options.redis_url,
-            mongo_url=options.mongo_url,
-            mongo_db=options.mongo_db,
-            mock_downstream=True,
-            mock_args=[
-                "--transient-rate",
-                f"{options.transient_rate:g}",
-                "--seed",
-                str(options.seed),
-            ],
-            env=STACK_ENV,
-            log_dir=options.output / "logs",
-            shutdown_grace_s=5,
-        )
+    stack = proof_stack(
+        options,
+        redis_url=options.redis_url,
+        mock_args=["--transient-rate", f"{options.transient_rate:g}", "--seed", str(options.seed)],
+        env=STACK_ENV,
+        shutdown_grace_s=5,
     )
     console.log(f"starting the stack: API, {options.workers} workers, mock downstream…")
     try:
@@ -88,12 +79,9 @@ def open_endpoints(
         sources = load_settings(env).sources
         source = _mix(options.source, sources)
         yield Endpoints(
-            api_url=stack.api_url,
-            mongo_url=stack.mongo_url,
+            **{url: getattr(stack, url) for url in _STACK_URLS},
             mongo_db=options.mongo_db,
-            redis_url=stack.redis_url,
             queue_name=settings.queue_name,
-            mock_url=stack.mock_url,
             source=source,
             locust_env=env,
             worker_metrics_ports=list(stack.worker_metrics_ports),

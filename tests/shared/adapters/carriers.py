@@ -1,8 +1,10 @@
 """Each built-in carrier as its documentation describes it, for the adapter tests.
 
-The signers here follow each carrier's published recipe with hashlib, hmac and
-base64 directly; they never call the adapters' own signing code, so a test that
-verifies their output checks the adapter against the carrier, not against itself.
+What each carrier's example must normalise to is data, one entry per carrier
+in ``carriers.json`` beside this module. The signers here follow each
+carrier's published recipe with hashlib, hmac and base64 directly; they never
+call the adapters' own signing code, so a test that verifies their output
+checks the adapter against the carrier, not against itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import hashlib
 import hmac
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import msgspec
 
 from shared.adapters.base import Adapter
 from shared.adapters.config import parse_source_config
+from shared.adapters.pointer import parse_pointer
 from shared.adapters.registry import build_adapter
 from shared.contracts import EventType
 
@@ -148,17 +150,40 @@ DHL_STYLE_CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Carrier:
-    """One built-in carrier (or generic example): its config, example and expectations."""
+SIGNERS: dict[str, Signer] = {
+    "easypost": easypost_signature,
+    "aftership": aftership_signature,
+    "shopify": shopify_signature,
+    "ups": ups_signature,
+    "shippo": shippo_signature,
+    "generic-fedex-style": fedex_style_signature,
+    "generic-dhl-style": dhl_style_signature,
+}
+GENERIC_CONFIGS: dict[str, dict[str, Any]] = {
+    "generic-fedex-style": FEDEX_STYLE_CONFIG,
+    "generic-dhl-style": DHL_STYLE_CONFIG,
+}
 
-    name: str
-    config: dict[str, Any]
+
+def path_of(pointer: str) -> tuple[str | int, ...]:
+    """A JSON Pointer as a :func:`set_path` path (array indices as integers)."""
+    return tuple(int(token) if token.isdigit() else token for token in parse_pointer(pointer))
+
+
+class Carrier(msgspec.Struct, frozen=True, kw_only=True):
+    """One built-in carrier (or generic example): its example and what it must normalise to.
+
+    The expectations are data, one entry per carrier in ``carriers.json``
+    beside this module; the signer is this module's, by name.
+    """
+
+    name: str = ""
+    """The key of its ``carriers.json`` entry."""
     example: str
-    sign: Signer
     header: str
     """The (lower-case) header that carries the signature."""
-    status_path: tuple[str | int, ...]
+    status: str
+    """The JSON Pointer of the carrier status in the example."""
     tracking_number: str
     carrier_status: str
     event_type: EventType
@@ -166,156 +191,33 @@ class Carrier:
     event_id: str | None
     """``None``: the carrier sends none and the id is derived."""
     order_id: str | None
-    required: dict[tuple[str | int, ...], str] = field(default_factory=dict)
-    """Body path removed -> the JSON Pointer the 422 must name."""
+    pointers: tuple[str, ...] = msgspec.field(default=(), name="required")
+    """The fields whose absence the 422 must name, by JSON Pointer."""
     ignored: Document | None = None
     """A verified notification of the same carrier that is not a tracking update."""
 
+    @property
+    def config(self) -> dict[str, Any]:
+        return GENERIC_CONFIGS.get(self.name) or {"adapter": self.name, "secrets": [SECRET]}
 
-def _at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    def sign(self, body: bytes, secret: str, now: int) -> dict[str, str]:
+        return SIGNERS[self.name](body, secret, now)
+
+    @property
+    def status_path(self) -> tuple[str | int, ...]:
+        return path_of(self.status)
+
+    @property
+    def required(self) -> dict[tuple[str | int, ...], str]:
+        """Body path removed -> the JSON Pointer the 422 must name."""
+        return {path_of(pointer): pointer for pointer in self.pointers}
 
 
-CARRIERS: tuple[Carrier, ...] = (
-    Carrier(
-        name="easypost",
-        config={"adapter": "easypost", "secrets": [SECRET]},
-        example="easypost_tracker_updated.json",
-        sign=easypost_signature,
-        header="x-hmac-signature",
-        status_path=("result", "status"),
-        tracking_number="EZ4000000004",
-        carrier_status="out_for_delivery",
-        event_type=EventType.OUT_FOR_DELIVERY,
-        occurred_at=_at("2026-11-22T10:15:00+00:00"),
-        event_id="evt_8a1c2e0b4f6d11ef9d3a0242ac120002",
-        order_id=None,
-        required={
-            ("id",): "/id",
-            ("result", "tracking_code"): "/result/tracking_code",
-            ("result", "status"): "/result/status",
-        },
-        ignored={"object": "Event", "id": "evt_2", "description": "batch.updated", "result": {}},
-    ),
-    Carrier(
-        name="aftership",
-        config={"adapter": "aftership", "secrets": [SECRET]},
-        example="aftership_tracking_update.json",
-        sign=aftership_signature,
-        header="aftership-hmac-sha256",
-        status_path=("msg", "tag"),
-        tracking_number="9400111899223344556677",
-        carrier_status="InTransit",
-        event_type=EventType.IN_TRANSIT,
-        occurred_at=_at("2026-11-22T04:12:00-05:00"),
-        event_id="5b0a6c7e-2f41-4c1e-9d7a-3e8f1b2c4d5e",
-        order_id="ORD-10045",
-        required={
-            ("event_id",): "/event_id",
-            ("msg", "tracking_number"): "/msg/tracking_number",
-            ("msg", "tag"): "/msg/tag",
-        },
-        ignored={"event": "edd_revise", "event_id": "e1", "msg": {"tracking_number": "X"}},
-    ),
-    Carrier(
-        name="shopify",
-        config={"adapter": "shopify", "secrets": [SECRET]},
-        example="shopify_fulfillment_event.json",
-        sign=shopify_signature,
-        header="x-shopify-hmac-sha256",
-        status_path=("status",),
-        tracking_number="255858046",
-        carrier_status="in_transit",
-        event_type=EventType.IN_TRANSIT,
-        occurred_at=_at("2026-11-22T05:12:00-05:00"),
-        event_id="944956395",
-        order_id="450789469",
-        required={
-            ("id",): "/id",
-            ("status",): "/status",
-            ("happened_at",): "/happened_at",
-        },
-        ignored={"id": 450789469, "email": "bob@example.com", "financial_status": "paid"},
-    ),
-    Carrier(
-        name="ups",
-        config={"adapter": "ups", "secrets": [SECRET]},
-        example="ups_track_alert.json",
-        sign=ups_signature,
-        header="credential",
-        status_path=("activityStatus", "type"),
-        tracking_number="1Z999AA10123456784",
-        carrier_status="I",
-        event_type=EventType.IN_TRANSIT,
-        occurred_at=_at("2026-11-22T12:15:00+00:00"),
-        event_id=None,
-        order_id=None,
-        required={
-            ("trackingNumber",): "/trackingNumber",
-            ("activityStatus", "type"): "/activityStatus/type",
-            ("gmtActivityDate",): "/gmtActivityDate",
-            ("gmtActivityTime",): "/gmtActivityTime",
-        },
-    ),
-    Carrier(
-        name="shippo",
-        config={"adapter": "shippo", "secrets": [SECRET]},
-        example="shippo_track_updated.json",
-        sign=shippo_signature,
-        header="shippo-auth-signature",
-        status_path=("data", "tracking_status", "status"),
-        tracking_number="92055901755477000000000015",
-        carrier_status="DELIVERED",
-        event_type=EventType.DELIVERED,
-        occurred_at=_at("2026-11-22T14:02:00+00:00"),
-        event_id=None,
-        order_id=None,
-        required={
-            ("data", "tracking_number"): "/data/tracking_number",
-            ("data", "tracking_status", "status"): "/data/tracking_status/status",
-            ("data", "tracking_status", "status_date"): "/data/tracking_status/status_date",
-        },
-        ignored={"event": "transaction_created", "test": False, "data": {"object_id": "t1"}},
-    ),
-    Carrier(
-        name="generic-fedex-style",
-        config=FEDEX_STYLE_CONFIG,
-        example="fedex_style.json",
-        sign=fedex_style_signature,
-        header="fdx-signature",
-        status_path=("scan", "code"),
-        tracking_number="794600000000",
-        carrier_status="PU",
-        event_type=EventType.PICKED_UP,
-        occurred_at=_at("2026-11-22T08:45:00-06:00"),
-        event_id="fdx-0b6c1f7e-55aa-4e1d-8c9f-1a2b3c4d5e6f",
-        order_id="ORD-20231",
-        required={
-            ("eventId",): "/eventId",
-            ("trackingNumber",): "/trackingNumber",
-            ("scan", "code"): "/scan/code",
-            ("scan", "time"): "/scan/time",
-        },
-    ),
-    Carrier(
-        name="generic-dhl-style",
-        config=DHL_STYLE_CONFIG,
-        example="dhl_style.json",
-        sign=dhl_style_signature,
-        header="dhl-api-key",
-        status_path=("events", 0, "statusCode"),
-        tracking_number="1234567890",
-        carrier_status="transit",
-        event_type=EventType.IN_TRANSIT,
-        occurred_at=_at("2026-11-22T10:00:00+00:00"),
-        event_id=None,
-        order_id=None,
-        required={
-            ("shipmentTrackingNumber",): "/shipmentTrackingNumber",
-            ("events", 0, "statusCode"): "/events/0/statusCode",
-            ("events", 0, "timestamp"): "/events/0/timestamp",
-        },
-    ),
+CARRIERS: tuple[Carrier, ...] = tuple(
+    msgspec.structs.replace(carrier, name=name)
+    for name, carrier in msgspec.json.decode(
+        (Path(__file__).parent / "carriers.json").read_bytes(), type=dict[str, Carrier]
+    ).items()
 )
 
 BY_NAME = {carrier.name: carrier for carrier in CARRIERS}

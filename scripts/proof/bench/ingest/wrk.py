@@ -8,9 +8,9 @@ import resource
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import msgspec
-
+from scripts.commands.sign import sign_body
 from scripts.proof.bench.ingest.model import (
     SOURCE,
     STATUS_MARKER,
@@ -18,8 +18,10 @@ from scripts.proof.bench.ingest.model import (
     BenchOptions,
     WrkStats,
 )
-from shared.settings import decode_secret
-from shared.signing import sign
+from scripts.traffic.carriers import CANONICAL_SOURCE, render, traffic_sources
+from scripts.traffic.events import PlannedEvent
+from shared.adapters.config import parse_source_config
+from shared.contracts import EventType
 
 # Each wrk thread replays its own file of NUL-separated raw HTTP requests, so no
 # two connections send the same event id. Globals (not locals) are what
@@ -92,6 +94,7 @@ end
 
 __all__ = [
     "WRK_LUA",
+    "RouteRequests",
     "parse_wrk_output",
     "run_wrk",
     "taskset",
@@ -101,40 +104,52 @@ __all__ = [
 # ---------------------------------------------------------------- requests
 
 
+class RouteRequests:
+    """Requests of one route: events shaped as its carrier sends them, signed by its adapter.
+
+    The bodies come from :func:`scripts.traffic.carriers.render` and the headers
+    from the adapter's own ``sign`` (:func:`scripts.commands.sign.sign_body`), as
+    in the load test and the chaos run; the source has a fresh secret.
+    """
+
+    def __init__(self, route: str) -> None:
+        self.route = route
+        sources = traffic_sources()
+        self.source: dict[str, Any] = sources[CANONICAL_SOURCE if route == "standard" else route]
+        """The source's entry in ``GATEWAY_SOURCES`` (holds the secret: never print it)."""
+        self.config = parse_source_config(SOURCE, self.source)
+
+    def build(self, event_id: str, shipment_id: str, now: float) -> tuple[bytes, dict[str, str]]:
+        """The body and signature headers of one ``in_transit`` update sent at ``now``."""
+        event = PlannedEvent(
+            event_id=event_id,
+            event_type=EventType.IN_TRANSIT,
+            occurred_at=datetime.fromtimestamp(int(now), UTC),
+            shipment_id=shipment_id,
+            order_id=shipment_id.replace("shp_", "ord_", 1),
+            tracking_number="1Z" + shipment_id.removeprefix("shp_").zfill(10),
+            location=(52.52, 13.405),
+        )
+        rendered = render(event, self.route)
+        # webhook-id (Standard Webhooks only) is the event id, so no two requests share one.
+        return rendered.body, sign_body(self.config, rendered.body, now=now, msg_id=event_id)
+
+
 def write_request_pool(
-    directory: Path, *, secret: str, count: int, files: int, now: float, nonce: str
+    directory: Path, requests: RouteRequests, *, count: int, files: int, now: float, nonce: str
 ) -> None:
     """Sign ``count`` unique events at ``now`` into ``files`` NUL-separated request files."""
-    key = decode_secret(secret)
-    timestamp = int(now)
-    occurred_at = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    encoder = msgspec.json.Encoder()
     handles = [(directory / f"requests.{n}.bin").open("wb") for n in range(files)]
     try:
         for index in range(count):
-            event_id = f"evt_{nonce}_{index}"
-            body = encoder.encode(
-                {
-                    "event_id": event_id,
-                    "event_type": "shipment.in_transit",
-                    "occurred_at": occurred_at,
-                    "shipment": {
-                        "id": f"shp_{index % 5000}",
-                        "order_id": f"ord_{index % 5000}",
-                        "tracking_number": f"1Z{index:010d}",
-                    },
-                    "location": {"lat": 52.52, "lon": 13.405},
-                }
-            )
+            body, headers = requests.build(f"evt_{nonce}_{index}", f"shp_{index}", now)
             head = (
                 f"POST /v1/events/{SOURCE} HTTP/1.1\r\n"
                 "Host: 127.0.0.1\r\n"
                 "Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n"
-                f"webhook-id: {event_id}\r\n"
-                f"webhook-timestamp: {timestamp}\r\n"
-                f"webhook-signature: {sign(key, event_id, timestamp, body)}\r\n"
-                "\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                + "\r\n"
             )
             handle = handles[index % files]
             handle.write(head.encode())
