@@ -35,6 +35,7 @@ import httpx
 import structlog
 import uvloop
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
@@ -107,6 +108,10 @@ class GatewayWorker(Worker):
     ``run_job`` runs arq's job only after :func:`~gateway_worker.claim.claim_replicated`
     confirms the claim on ``GATEWAY_ACK_REPLICAS`` replicas (nothing to do when 0);
     otherwise it returns before arq reads the job, leaving arq's records as they are.
+    While arq's ``run_job`` has not returned, the claim is renewed (:class:`_ClaimRenewal`):
+    a run whose cancellation stalls past ``in_progress_timeout_s`` (a MongoDB call
+    against a starved store) keeps its job, instead of another worker claiming it
+    under the live run and arq then recording ``job expired`` (docs/reliability.md).
     """
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -132,7 +137,56 @@ class GatewayWorker(Worker):
             patience_s=self.job_timeout_s,
         ):
             return
-        await super().run_job(job_id, score)
+        renewal = _ClaimRenewal(self.pool, job_id, self.in_progress_timeout_s)
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            renewal.stop()
+
+
+class _ClaimRenewal:
+    """Keeps one run's arq claim alive until :meth:`stop`.
+
+    Every half of ``claim_ttl_s``, ``PEXPIRE`` sets the in-progress key's expiry
+    back to ``claim_ttl_s``. ``PEXPIRE`` never creates a key, so a claim arq's
+    finish has deleted stays deleted; a worker that dies stops renewing, and its
+    claim expires as before (which lets another worker re-run the job). A timer,
+    not a task, per run: jobs last milliseconds and the first renewal is seconds
+    away, so a run that ends in time costs no Redis call. Redis errors are logged
+    once per run and retried on the next period; the run never sees them.
+    """
+
+    __slots__ = ("_handle", "_job_id", "_period_s", "_pool", "_renewing", "_ttl_ms", "_warned")
+
+    def __init__(self, pool: ArqRedis, job_id: str, claim_ttl_s: float) -> None:
+        self._pool = pool
+        self._job_id = job_id
+        self._ttl_ms = int(claim_ttl_s * 1000)
+        self._period_s = claim_ttl_s / 2
+        self._renewing: asyncio.Task[None] | None = None
+        self._warned = False
+        self._handle = asyncio.get_running_loop().call_later(self._period_s, self._due)
+
+    def _due(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(self._period_s, self._due)
+        # A renewal still waiting on Redis is not doubled; the next period tries again.
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew(), name="claim-renewal")
+
+    async def _renew(self) -> None:
+        try:
+            await self._pool.pexpire(in_progress_key_prefix + self._job_id, self._ttl_ms)
+        except (RedisError, OSError) as exc:
+            if not self._warned:
+                self._warned = True
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("job.claim_renewal_failed", job_id=self._job_id, error=error)
+
+    def stop(self) -> None:
+        """Renew no more (the run has returned)."""
+        self._handle.cancel()
+        if self._renewing is not None:
+            self._renewing.cancel()
 
 
 def run_worker(options: dict[str, Any]) -> None:

@@ -1,0 +1,99 @@
+"""A run keeps its arq claim (the in-progress key) for as long as it lives
+(``GatewayWorker.run_job``, docs/reliability.md).
+
+A real :class:`~gateway_worker.worker.GatewayWorker` runs in this process
+(burst mode) against the test's Redis and MongoDB; its one job holds in the
+delivery step until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+from pymongo.asynchronous.database import AsyncDatabase
+
+from gateway_worker.jobs import EventProcessor
+from gateway_worker.worker import GatewayWorker, build_worker_settings, on_startup
+from shared.contracts import CourierEvent, QueuedEvent
+from shared.settings import Settings
+from shared.storage.mongo import Document
+from tests.factories import make_event
+from tests.plugins.worker import stored_record
+
+# arq's in_progress_timeout_s is job_timeout + 10 s; the job timeout must stay
+# far above the run (its own deadline and arq's would cut it off), so the
+# claim's life is set on the worker directly, short enough to outlive quickly.
+CLAIM_TTL_S = 1.5
+
+# arq 0.28's Worker.close() calls redis-py's deprecated close(); not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
+
+
+class HoldsUntilReleased:
+    """Deliverer that holds its call until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
+        self.started.set()
+        await self.release.wait()
+
+
+def burst_worker(settings: Settings, processor: EventProcessor) -> GatewayWorker:
+    async def startup(ctx: dict[Any, Any]) -> None:
+        await on_startup(ctx)
+        ctx["processor"] = processor
+
+    options = {**build_worker_settings(settings, worker_id="renewal"), "on_startup": startup}
+    worker = GatewayWorker(**options, burst=True, handle_signals=False)
+    worker.in_progress_timeout_s = CLAIM_TTL_S
+    return worker
+
+
+async def test_a_run_longer_than_its_claims_life_keeps_the_claim_until_it_ends(
+    redis: ArqRedis,
+    enqueue: Callable[..., Awaitable[bool]],
+    worker_settings: Callable[..., Settings],
+    make_processor: Callable[..., EventProcessor],
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    settings = worker_settings(job_timeout_s=60.0, lease_s=90.0)
+    deliverer = HoldsUntilReleased()
+    worker = burst_worker(settings, make_processor(settings, downstream=deliverer))
+    queued = make_event()
+    key = in_progress_key_prefix + queued.idempotency_key
+    assert await enqueue(queued)
+
+    running = asyncio.create_task(worker.main())
+    try:
+        await asyncio.wait_for(deliverer.started.wait(), timeout=30)
+        # Sampled over twice the claim's life: without renewal it expires meanwhile.
+        watched_until = time.monotonic() + 2 * CLAIM_TTL_S
+        samples = 0
+        while time.monotonic() < watched_until or samples < 10:
+            assert await redis.pttl(key) > 0, f"the claim vanished under the live run ({samples})"
+            samples += 1
+            await asyncio.sleep(0.1)
+        deliverer.release.set()
+        await asyncio.wait_for(running, timeout=30)
+    finally:
+        deliverer.release.set()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        await worker.close()
+
+    assert await redis.exists(key) == 0, "arq's finish deletes the claim; nothing recreates it"
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+    record = await stored_record(mongo_db, queued.idempotency_key)
+    assert (record.status, record.attempts) == ("succeeded", 0)
