@@ -21,11 +21,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.worker import GatewayWorker, build_worker_settings, on_startup
-from shared.contracts import CourierEvent, QueuedEvent
 from shared.settings import Settings
 from shared.storage.mongo import Document
 from tests.factories import make_event
 from tests.plugins.worker import stored_record
+from tests.worker.test_processor import Blocking
 
 # arq's in_progress_timeout_s is job_timeout + 10 s; the job timeout must stay
 # far above the run (its own deadline and arq's would cut it off), so the
@@ -34,18 +34,6 @@ CLAIM_TTL_S = 1.5
 
 # arq 0.28's Worker.close() calls redis-py's deprecated close(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
-
-
-class HoldsUntilReleased:
-    """Deliverer that holds its call until :attr:`release` is set."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def deliver(self, queued: QueuedEvent, status: str, event: CourierEvent) -> None:
-        self.started.set()
-        await self.release.wait()
 
 
 def burst_worker(settings: Settings, processor: EventProcessor) -> GatewayWorker:
@@ -67,7 +55,7 @@ async def test_a_run_longer_than_its_claims_life_keeps_the_claim_until_it_ends(
     mongo_db: AsyncDatabase[Document],
 ) -> None:
     settings = worker_settings(job_timeout_s=60.0, lease_s=90.0)
-    deliverer = HoldsUntilReleased()
+    deliverer = Blocking()
     worker = burst_worker(settings, make_processor(settings, downstream=deliverer))
     queued = make_event()
     key = in_progress_key_prefix + queued.idempotency_key
@@ -75,7 +63,7 @@ async def test_a_run_longer_than_its_claims_life_keeps_the_claim_until_it_ends(
 
     running = asyncio.create_task(worker.main())
     try:
-        await asyncio.wait_for(deliverer.started.wait(), timeout=30)
+        await asyncio.wait_for(deliverer.entered.wait(), timeout=30)
         # Sampled over twice the claim's life: without renewal it expires meanwhile.
         watched_until = time.monotonic() + 2 * CLAIM_TTL_S
         samples = 0
