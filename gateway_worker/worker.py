@@ -154,9 +154,25 @@ class _ClaimRenewal:
     not a task, per run: jobs last milliseconds and the first renewal is seconds
     away, so a run that ends in time costs no Redis call. Redis errors are logged
     once per run and retried on the next period; the run never sees them.
+
+    Renewal stops after ``MAX_RENEWALS`` (the claim then lives at most four times
+    its usual life, 60 s at the defaults): enough for a cancelled run stalled in a
+    MongoDB call to return, while a run that never returns still loses its claim
+    and the job runs again elsewhere, as without renewal.
     """
 
-    __slots__ = ("_handle", "_job_id", "_period_s", "_pool", "_renewing", "_ttl_ms", "_warned")
+    MAX_RENEWALS = 6
+
+    __slots__ = (
+        "_handle",
+        "_job_id",
+        "_left",
+        "_period_s",
+        "_pool",
+        "_renewing",
+        "_ttl_ms",
+        "_warned",
+    )
 
     def __init__(self, pool: ArqRedis, job_id: str, claim_ttl_s: float) -> None:
         self._pool = pool
@@ -165,9 +181,14 @@ class _ClaimRenewal:
         self._period_s = claim_ttl_s / 2
         self._renewing: asyncio.Task[None] | None = None
         self._warned = False
+        self._left = self.MAX_RENEWALS
         self._handle = asyncio.get_running_loop().call_later(self._period_s, self._due)
 
     def _due(self) -> None:
+        if self._left == 0:
+            log.warning("job.claim_renewal_stopped", job_id=self._job_id)
+            return
+        self._left -= 1
         self._handle = asyncio.get_running_loop().call_later(self._period_s, self._due)
         # A renewal still waiting on Redis is not doubled; the next period tries again.
         if self._renewing is None or self._renewing.done():

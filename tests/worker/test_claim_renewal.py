@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from pymongo.asynchronous.database import AsyncDatabase
 
+from gateway_worker import worker as worker_module
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.worker import GatewayWorker, build_worker_settings, on_startup
 from shared.settings import Settings
@@ -47,41 +49,72 @@ def burst_worker(settings: Settings, processor: EventProcessor) -> GatewayWorker
     return worker
 
 
-async def test_a_run_longer_than_its_claims_life_keeps_the_claim_until_it_ends(
-    redis: ArqRedis,
+@dataclass
+class BlockedRun:
+    """A real worker's run of one job, held in its delivery step."""
+
+    worker: GatewayWorker
+    running: asyncio.Task[Any]
+    deliverer: Blocking
+    claim: str
+    key: str
+
+
+@pytest.fixture
+async def blocked_run(
     enqueue: Callable[..., Awaitable[bool]],
     worker_settings: Callable[..., Settings],
     make_processor: Callable[..., EventProcessor],
-    mongo_db: AsyncDatabase[Document],
-) -> None:
+) -> AsyncIterator[BlockedRun]:
     settings = worker_settings(job_timeout_s=60.0, lease_s=90.0)
     deliverer = Blocking()
     worker = burst_worker(settings, make_processor(settings, downstream=deliverer))
     queued = make_event()
-    key = in_progress_key_prefix + queued.idempotency_key
     assert await enqueue(queued)
-
     running = asyncio.create_task(worker.main())
     try:
         await asyncio.wait_for(deliverer.entered.wait(), timeout=30)
-        # Sampled over twice the claim's life: without renewal it expires meanwhile.
-        watched_until = time.monotonic() + 2 * CLAIM_TTL_S
-        samples = 0
-        while time.monotonic() < watched_until or samples < 10:
-            assert await redis.pttl(key) > 0, f"the claim vanished under the live run ({samples})"
-            samples += 1
-            await asyncio.sleep(0.1)
-        deliverer.release.set()
-        await asyncio.wait_for(running, timeout=30)
+        claim = in_progress_key_prefix + queued.idempotency_key
+        yield BlockedRun(worker, running, deliverer, claim, queued.idempotency_key)
     finally:
         deliverer.release.set()
-        if not running.done():
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(running, timeout=30)
         await worker.close()
 
-    assert await redis.exists(key) == 0, "arq's finish deletes the claim; nothing recreates it"
-    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
-    record = await stored_record(mongo_db, queued.idempotency_key)
+
+async def test_a_run_longer_than_its_claims_life_keeps_the_claim_until_it_ends(
+    redis: ArqRedis, mongo_db: AsyncDatabase[Document], blocked_run: BlockedRun
+) -> None:
+    # Sampled over twice the claim's life: without renewal it expires meanwhile.
+    watched_until = time.monotonic() + 2 * CLAIM_TTL_S
+    samples = 0
+    while time.monotonic() < watched_until or samples < 10:
+        pttl = await redis.pttl(blocked_run.claim)
+        assert pttl > 0, f"the claim vanished under the live run ({samples})"
+        samples += 1
+        await asyncio.sleep(0.1)
+    blocked_run.deliverer.release.set()
+    await asyncio.wait_for(blocked_run.running, timeout=30)
+
+    assert await redis.exists(blocked_run.claim) == 0, "arq's finish deletes the claim for good"
+    assert (blocked_run.worker.jobs_complete, blocked_run.worker.jobs_failed) == (1, 0)
+    record = await stored_record(mongo_db, blocked_run.key)
     assert (record.status, record.attempts) == ("succeeded", 0)
+
+
+@pytest.fixture
+def one_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One renewal instead of six: the claim's life is then 1.5 × CLAIM_TTL_S."""
+    monkeypatch.setattr(worker_module._ClaimRenewal, "MAX_RENEWALS", 1)
+
+
+async def test_renewal_stops_after_its_bound_so_a_run_that_never_returns_loses_its_claim(
+    redis: ArqRedis, one_renewal: None, blocked_run: BlockedRun
+) -> None:
+    for _ in range(int(4 * CLAIM_TTL_S / 0.1)):
+        if not await redis.exists(blocked_run.claim):
+            break
+        await asyncio.sleep(0.1)
+    assert await redis.exists(blocked_run.claim) == 0, "the claim outlived its bounded renewals"
+    assert not blocked_run.running.done(), "the run was still alive when its claim expired"
