@@ -4,17 +4,11 @@ pinned redis-server."""
 from __future__ import annotations
 
 import contextlib
-import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
-import msgspec
 
 from scripts.harness.services import (
     RedisServer,
@@ -28,8 +22,6 @@ from scripts.proof.bench.ingest.model import (
     BenchOptions,
 )
 from scripts.proof.bench.ingest.wrk import taskset
-from shared.settings import decode_secret
-from shared.signing import sign
 
 __all__ = [
     "Server",
@@ -93,31 +85,6 @@ class Server:
     def _log_tail(self) -> str:
         lines = self.log.read_text(errors="replace").splitlines()
         return "\n".join(lines[-20:])
-
-    def probe(self, secret: str) -> None:
-        """One signed request must be accepted before wrk starts."""
-        body = msgspec.json.encode(
-            {
-                "event_id": f"evt_probe_{secrets.token_hex(8)}",
-                "event_type": "shipment.created",
-                "occurred_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "shipment": {"id": "shp_probe", "order_id": "ord_probe"},
-            }
-        )
-        msg_id = f"msg_probe_{secrets.token_hex(8)}"
-        timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(decode_secret(secret), msg_id, timestamp, body),
-        }
-        response = httpx.post(self.url, content=body, headers=headers, timeout=10)
-        if response.status_code != 202:
-            raise BenchError(
-                f"{self.factory} answered the probe with {response.status_code}: "
-                f"{response.text[:500]}\n{self._log_tail()}"
-            )
 
 
 @contextlib.contextmanager
