@@ -72,8 +72,14 @@ __all__ = [
 
 HISTORY_LIMIT: Final = 50
 """Most recent applied events kept in a shipment's ``history``."""
-RECENT_APPLIES_LIMIT: Final = 64
-"""Most recent verdicts kept in a shipment's ``recent_applies``."""
+RECENT_APPLIES_LIMIT: Final = 32
+"""Most recent verdicts kept in a shipment's ``recent_applies``.
+
+Well above a batch's events of one shipment, and below :data:`HISTORY_LIMIT`: every
+apply that moves an event out of ``history`` also moves a verdict out of
+``recent_applies``, so an event whose verdict is gone may still be in ``history``,
+where applying it again finds it (``already_applied``) — only 50 history-changing
+applies later does a second apply no longer recognise it."""
 _DECIDED_FIELDS: Final = {"status": True, "last_apply": True}
 _VERDICT_FIELDS: Final = ("last_apply", "recent_applies")
 """Apply's return channel, not the shipment's state: :meth:`Shipments.get` leaves them out."""
@@ -140,9 +146,10 @@ class Shipments(Collection):
         right after it; ``None`` where the verdict is not known: the bulk stopped
         at a write error (a duplicate-key race of two first inserts) before or at
         item ``i``, or other applies of the shipment pushed the verdict out. Applying
-        those again with :meth:`apply_event` is safe: a second apply of an applied
-        event is ``already_applied``. Any other failure raises the translated
-        :class:`StorageError`.
+        those again with :meth:`apply_event` is safe: an event still in the
+        shipment's history is ``already_applied``, and one the rules refused
+        (never in history) is decided again and refused again or applied. Any
+        other failure raises the translated :class:`StorageError`.
         """
         if not items:
             return []
