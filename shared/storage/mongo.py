@@ -271,8 +271,10 @@ class BulkWritten(msgspec.Struct, frozen=True, kw_only=True):
         for index in sorted(self.write_errors):
             error = self.write_errors[index]
             if error.get("code") not in allowed:
+                # Without the operation itself: it can hold a courier's whole body.
+                details = {name: value for name, value in error.items() if name != "op"}
                 with translate_errors(f"{operation}[{index}]"):
-                    raise WriteError(str(error.get("errmsg", "")), error.get("code"), error)
+                    raise WriteError(str(error.get("errmsg", "")), error.get("code"), details)
 
 
 def read_as[T](kind: type[T], document: Document, what: str) -> T:

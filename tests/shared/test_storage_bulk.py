@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from scripts.harness.services import free_port
 from scripts.proof.probes import CommandCounter
 from shared.contracts import CourierEvent, EventType, Shipment
-from shared.storage.errors import StoreUnavailable
+from shared.storage.errors import StoreRejected, StoreUnavailable
 from shared.storage.events import (
     AlreadyDone,
     Claim,
@@ -518,15 +518,22 @@ async def test_a_bulk_stopped_by_a_duplicate_key_leaves_that_item_and_every_late
     # race gives, deterministically: the second item's insert collides with `other`.
     await mongo_db[SHIPMENTS].create_index("tracking_number", unique=True)
     await mongo_db[SHIPMENTS].insert_one({"_id": "acme:other", "tracking_number": "T-X"})
+    shipments = Shipments(mongo_db)
+    # e3 was applied once before: its old verdict must not stand in for the unrun one.
+    e3 = _event("e3", EventType.IN_TRANSIT, 2, tracking="T-1")
+    assert await shipments.apply_event("acme", e3, now=T0) == Decision(
+        Outcome.APPLIED, "in_transit"
+    )
     items = [
         ("acme", _event("e1", EventType.PICKED_UP, 1, tracking="T-1")),
         ("acme", _event("e2", EventType.PICKED_UP, 1, shipment_id="shp_2", tracking="T-X")),
-        ("acme", _event("e3", EventType.IN_TRANSIT, 2, tracking="T-1")),
+        ("acme", e3),
     ]
-    decisions = await Shipments(mongo_db).apply_many(items, now=NOW)
-    assert decisions == [Decision(Outcome.APPLIED, "picked_up"), None, None]
+    decisions = await shipments.apply_many(items, now=NOW)
+    assert decisions == [Decision(Outcome.RECORDED_STALE, "in_transit"), None, None]
     stored = await _stored(mongo_db, SHIPMENTS, "acme:shp_1")
-    assert [h["event_id"] for h in stored["history"]] == ["e1"]
+    assert [h["event_id"] for h in stored["history"]] == ["e3", "e1"]
+    assert [v["event_id"] for v in stored["recent_applies"]] == ["e3", "e1"]
     assert await mongo_db[SHIPMENTS].find_one({"_id": "acme:shp_2"}) is None
 
 
@@ -565,6 +572,37 @@ async def test_the_shipment_read_leaves_out_the_verdicts(
 
 
 # ---- failures -----------------------------------------------------------------------------------
+
+
+async def _refusing(db: AsyncDatabase[Document], collection: str) -> None:
+    """``collection`` with a validator that refuses every document the gateway writes."""
+    schema = {"$jsonSchema": {"required": ["never_written"]}}
+    await db.create_collection(collection, validator=schema)
+
+
+async def test_a_write_error_other_than_a_duplicate_key_fails_the_claims_translated(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await _refusing(mongo_db, PROCESSED_EVENTS)
+    with pytest.raises(StoreRejected, match=r"claim_many\[0\].*server code 121") as refused:
+        await ProcessedEvents(mongo_db).claim_many(
+            [_request("k", "k", False)], owner="w", now=NOW, lease_s=30.0
+        )
+    assert "second" not in str(refused.value)  # the body is not in the message
+
+
+async def test_a_write_error_stops_the_applies_there_and_leaves_the_rest_unknown(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await _refusing(mongo_db, SHIPMENTS)
+    items = [
+        ("acme", _event("e1", EventType.PICKED_UP, 1)),
+        ("acme", _event("e2", EventType.IN_TRANSIT, 2)),
+    ]
+    assert await Shipments(mongo_db).apply_many(items, now=NOW) == [None, None]
+    # Applied alone, the refused event gets its own translated error.
+    with pytest.raises(StoreRejected, match="server code 121"):
+        await Shipments(mongo_db).apply_event(*items[0], now=NOW)
 
 
 @pytest.fixture
