@@ -19,14 +19,16 @@ was taken over cannot overwrite its successor's outcome.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 from msgspec import Struct
+from pymongo import UpdateOne
 
 from shared.storage.mongo import (
+    DUPLICATE_KEY_CODES,
     PROCESSED_EVENTS,
     Collection,
     Document,
@@ -40,6 +42,7 @@ __all__ = [
     "AlreadyDone",
     "AttemptRecord",
     "Claim",
+    "ClaimRequest",
     "Claimed",
     "ErrorInfo",
     "EventStatus",
@@ -52,6 +55,9 @@ __all__ = [
 ATTEMPT_LOG_LIMIT: Final = 20
 """Newest failed attempts kept in ``attempt_log`` (the count in ``attempts`` is exact)."""
 _CLAIMED_FIELDS: Final = {"attempts": True, "attempt_log": True}
+_READ_FIELDS: Final = dict.fromkeys(("status", "lease_until", "lease_owner", "lease_token"), True)
+"""What a refused claim is decided from (and ``lease_token``: which claim won)."""
+_ENDED_FIELDS: Final = {"status": True, "completed_at": True, "lease_token": True}
 _LEASE_FIELDS: Final = {"lease_until": "", "lease_job_id": "", "lease_owner": "", "lease_token": ""}
 
 
@@ -144,6 +150,19 @@ class Leased(Struct, frozen=True):
 Claim = Claimed | AlreadyDone | Leased
 
 
+class ClaimRequest(Struct, frozen=True, kw_only=True):
+    """One key to claim in :meth:`ProcessedEvents.claim_many`: :meth:`~ProcessedEvents.claim`'s
+    arguments that differ from one job to the next."""
+
+    key: str
+    source: str
+    event_id: str
+    job_id: str
+    token: str
+    replay: bool = False
+    body: bytes | None = None
+
+
 class ProcessedEvents(Collection):
     """Domain operations on ``processed_events``; every PyMongo error is translated."""
 
@@ -171,59 +190,97 @@ class ProcessedEvents(Collection):
         operator's replay only, ``dead_lettered`` (its attempt count restarts
         at 0; the log is kept). One round trip when the claim succeeds.
         """
-        claimable: list[Document] = [
-            {"status": EventStatus.RETRYING},
-            {"status": EventStatus.PROCESSING, "lease_until": {"$lt": now}},
-            {"status": EventStatus.PROCESSING, "lease_job_id": job_id},
-        ]
-        if replay:
-            claimable.append({"status": EventStatus.DEAD_LETTERED})
-        query = {"_id": key, "$or": claimable}
-        # Kept as first written: the courier's body byte-exact (BSON binary) for the
-        # console's timeline, set by the first claim in the write that happens anyway.
-        kept: Document = {
-            "source": literal(source),
-            "event_id": literal(event_id),
-            "first_seen_at": now,
-            **({} if body is None else {"body": literal(body)}),
-        }
-        lease: Document = {
-            "lease_until": now + timedelta(seconds=lease_s),
-            "lease_job_id": literal(job_id),
-            "lease_owner": literal(owner),
-            "lease_token": literal(token),
-        }
-        update = _claim_pipeline(kept, lease, now)
+        query, update = _claim_write(
+            ClaimRequest(
+                key=key,
+                source=source,
+                event_id=event_id,
+                job_id=job_id,
+                token=token,
+                replay=replay,
+                body=body,
+            ),
+            owner=owner,
+            now=now,
+            lease_s=lease_s,
+        )
         # The slow path runs at most twice: a lease that expired or a key that
         # became `retrying` between the failed upsert and the read is claimed again.
         for _ in range(2):
             # None: the key exists and is not claimable by this run; the read finds out why.
             document = await self._upsert("claim", query, update, _CLAIMED_FIELDS)
             if document is not None:
-                return Claimed(
-                    attempts=int(document.get("attempts", 0)),
-                    attempt_log=tuple(
-                        msgspec.convert(entry, AttemptRecord)
-                        for entry in document.get("attempt_log", ())
-                    ),
-                )
+                return _claimed(document)
             with translate_errors("claim.read"):
-                current = await self._collection.find_one(
-                    {"_id": key}, {"status": True, "lease_until": True, "lease_owner": True}
-                )
-            if current is None:
-                continue
-            status = current.get("status")
-            if status == EventStatus.SUCCEEDED or (
-                status == EventStatus.DEAD_LETTERED and not replay
-            ):
-                return AlreadyDone(status=EventStatus(status))
-            lease_until = current.get("lease_until")
-            if status == EventStatus.PROCESSING and lease_until is not None and lease_until >= now:
-                return Leased(lease_until=lease_until, owner=current.get("lease_owner"))
+                current = await self._collection.find_one({"_id": key}, _READ_FIELDS)
+            refused = _refusal(current, now=now, replay=replay)
+            if refused is not None:
+                return refused
         # Claimable on read but not on write twice in a row: someone else keeps
         # winning the key; back off for a moment as if it were leased.
         return Leased(lease_until=now + timedelta(seconds=1), owner=None)
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], *, owner: str, now: datetime, lease_s: float
+    ) -> list[Claim]:
+        """:meth:`claim` for each request (distinct keys), in two round trips for the batch.
+
+        Result ``i`` is what ``claim`` would return for request ``i``. One unordered
+        ``bulk_write`` of the same conditional upserts as :meth:`claim` (a
+        duplicate-key error is "exists, not claimable", as there), then one read of
+        the keys: a key whose stored ``lease_token`` is the request's was won by
+        this write; any other is refused from the read as :meth:`claim` refuses it.
+        A key the read finds claimable but this write did not win (the race
+        :meth:`claim` handles with its second attempt) is left to :meth:`claim`
+        alone. Any other failure raises the translated :class:`StorageError`.
+        """
+        if not requests:
+            return []
+        keys = [request.key for request in requests]
+        if len(set(keys)) != len(keys):
+            raise ValueError("claim_many: the requests' keys must be distinct")
+        writes = [
+            UpdateOne(*_claim_write(request, owner=owner, now=now, lease_s=lease_s), upsert=True)
+            for request in requests
+        ]
+        written = await self._bulk_write("claim_many", writes, ordered=False)
+        written.raise_write_errors("claim_many", allowed=DUPLICATE_KEY_CODES)
+        found = await self._read_many("claim_many.read", keys, _READ_FIELDS | _CLAIMED_FIELDS)
+        claims: list[Claim] = []
+        for request in requests:
+            current = found.get(request.key)
+            if current is not None and current.get("lease_token") == request.token:
+                claims.append(_claimed(current))
+                continue
+            refused = _refusal(current, now=now, replay=request.replay)
+            if refused is not None:
+                claims.append(refused)
+                continue
+            claims.append(
+                await self.claim(
+                    request.key,
+                    source=request.source,
+                    event_id=request.event_id,
+                    job_id=request.job_id,
+                    owner=owner,
+                    token=request.token,
+                    now=now,
+                    lease_s=lease_s,
+                    replay=request.replay,
+                    body=request.body,
+                )
+            )
+        return claims
+
+    async def _read_many(
+        self, operation: str, keys: Sequence[str], fields: Document
+    ) -> dict[str, Document]:
+        """The documents of ``keys`` that exist (``fields`` of each), by key: one ``find``."""
+        with translate_errors(operation):
+            return {
+                document["_id"]: document
+                async for document in self._collection.find({"_id": {"$in": list(keys)}}, fields)
+            }
 
     async def mark_succeeded(
         self, key: str, *, token: str, now: datetime, duration_ms: int | None = None
@@ -232,10 +289,54 @@ class ProcessedEvents(Collection):
 
         ``duration_ms`` (the successful run's) is kept for the console's timeline.
         """
-        fields: Document = {"status": EventStatus.SUCCEEDED, "completed_at": now, "updated_at": now}
-        if duration_ms is not None:
-            fields["success_duration_ms"] = duration_ms
-        return await self._end_run("mark_succeeded", {"_id": key, "lease_token": token}, fields)
+        return await self._end_run(
+            "mark_succeeded", {"_id": key, "lease_token": token}, _succeeded(now, duration_ms)
+        )
+
+    async def mark_succeeded_many(
+        self, ends: Sequence[tuple[str, str, int | None]], *, now: datetime
+    ) -> list[bool]:
+        """:meth:`mark_succeeded` for each ``(key, token, duration_ms)`` (distinct keys).
+
+        One unordered ``bulk_write``; result ``i`` is ``False`` if that run's lease
+        was lost. Only when fewer updates matched than were sent, one read finds
+        out which keys they were.
+        """
+        if not ends:
+            return []
+        keys = [key for key, _, _ in ends]
+        if len(set(keys)) != len(keys):
+            raise ValueError("mark_succeeded_many: the keys must be distinct")
+        writes = [
+            UpdateOne({"_id": key, "lease_token": token}, _end_update(_succeeded(now, duration_ms)))
+            for key, token, duration_ms in ends
+        ]
+        written = await self._bulk_write("mark_succeeded_many", writes, ordered=False)
+        written.raise_write_errors("mark_succeeded_many")
+        missed = len(ends) - written.matched
+        if missed == 0:
+            return [True] * len(ends)
+        found = await self._read_many("mark_succeeded_many.read", keys, _ENDED_FIELDS)
+        # Which keys the missed updates were, from the state our update leaves: status
+        # `succeeded`, `completed_at` = `now` (at BSON's millisecond precision), no lease.
+        # A key we ended keeps that state (a succeeded key is claimable by no one,
+        # and no other write touches it), so a key not in it is one we missed. The
+        # converse fails only when a run that took our lease over also marked the
+        # key succeeded at the very same millisecond `now`: then more keys look
+        # ended by us than matched, and none of the look-alikes is proven ours, so
+        # all of them are reported lost. Never `True` for a lease not held; at
+        # worst a `False` (a `job.lease_lost` warning) for one that was.
+        stored_now = _bson_precision(now)
+        looks_ended = [
+            document is not None
+            and document.get("status") == EventStatus.SUCCEEDED
+            and document.get("completed_at") == stored_now
+            and "lease_token" not in document
+            for document in map(found.get, keys)
+        ]
+        if looks_ended.count(False) < missed:
+            return [False] * len(ends)
+        return looks_ended
 
     async def record_failure(
         self, key: str, *, token: str, attempt: AttemptRecord, now: datetime
@@ -276,7 +377,7 @@ class ProcessedEvents(Collection):
         attempt: AttemptRecord | None = None,
     ) -> bool:
         """End a run's lease with one update; ``False`` if ``match`` (its lease) no longer holds."""
-        update: Document = {"$set": fields, "$unset": _LEASE_FIELDS}
+        update = _end_update(fields)
         if attempt is not None:
             fields["attempts"] = attempt.attempt
             fields["last_error"] = {"code": attempt.code, "message": attempt.message}
@@ -333,6 +434,78 @@ class ProcessedEvents(Collection):
 
 def _typed(document: Document) -> ProcessedEvent:
     return read_as(ProcessedEvent, document, "processed event")
+
+
+def _claim_write(
+    request: ClaimRequest, *, owner: str, now: datetime, lease_s: float
+) -> tuple[Document, list[Document]]:
+    """The filter (what is claimable) and the update pipeline of one claim."""
+    claimable: list[Document] = [
+        {"status": EventStatus.RETRYING},
+        {"status": EventStatus.PROCESSING, "lease_until": {"$lt": now}},
+        {"status": EventStatus.PROCESSING, "lease_job_id": request.job_id},
+    ]
+    if request.replay:
+        claimable.append({"status": EventStatus.DEAD_LETTERED})
+    query = {"_id": request.key, "$or": claimable}
+    # Kept as first written: the courier's body byte-exact (BSON binary) for the
+    # console's timeline, set by the first claim in the write that happens anyway.
+    kept: Document = {
+        "source": literal(request.source),
+        "event_id": literal(request.event_id),
+        "first_seen_at": now,
+        **({} if request.body is None else {"body": literal(request.body)}),
+    }
+    lease: Document = {
+        "lease_until": now + timedelta(seconds=lease_s),
+        "lease_job_id": literal(request.job_id),
+        "lease_owner": literal(owner),
+        "lease_token": literal(request.token),
+    }
+    return query, _claim_pipeline(kept, lease, now)
+
+
+def _claimed(document: Document) -> Claimed:
+    """The claim a document whose lease this run holds stands for."""
+    return Claimed(
+        attempts=int(document.get("attempts", 0)),
+        attempt_log=tuple(
+            msgspec.convert(entry, AttemptRecord) for entry in document.get("attempt_log", ())
+        ),
+    )
+
+
+def _refusal(
+    current: Document | None, *, now: datetime, replay: bool
+) -> AlreadyDone | Leased | None:
+    """Why a key read as ``current`` is not claimable; ``None`` if it is (or is absent)."""
+    if current is None:
+        return None
+    status = current.get("status")
+    if status == EventStatus.SUCCEEDED or (status == EventStatus.DEAD_LETTERED and not replay):
+        return AlreadyDone(status=EventStatus(status))
+    lease_until = current.get("lease_until")
+    if status == EventStatus.PROCESSING and lease_until is not None and lease_until >= now:
+        return Leased(lease_until=lease_until, owner=current.get("lease_owner"))
+    return None
+
+
+def _succeeded(now: datetime, duration_ms: int | None) -> Document:
+    """The fields a successful run's end sets."""
+    fields: Document = {"status": EventStatus.SUCCEEDED, "completed_at": now, "updated_at": now}
+    if duration_ms is not None:
+        fields["success_duration_ms"] = duration_ms
+    return fields
+
+
+def _end_update(fields: Document) -> Document:
+    """The update that ends a run's lease with ``fields``."""
+    return {"$set": fields, "$unset": _LEASE_FIELDS}
+
+
+def _bson_precision(moment: datetime) -> datetime:
+    """``moment`` as BSON stores it: truncated to the millisecond."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _claim_pipeline(kept: Document, lease: Document, now: datetime) -> list[Document]:

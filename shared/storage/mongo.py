@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Final
 
 import msgspec
 from bson.errors import BSONError
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -22,6 +23,8 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteConcernError,
+    WriteError,
     WTimeoutError,
 )
 
@@ -34,8 +37,10 @@ from shared.storage.errors import (
 
 __all__ = [
     "DEAD_LETTER_EVENTS",
+    "DUPLICATE_KEY_CODES",
     "PROCESSED_EVENTS",
     "SHIPMENTS",
+    "BulkWritten",
     "Collection",
     "Document",
     "literal",
@@ -101,6 +106,8 @@ DOCUMENT_SERVER_CODES: Final = frozenset(
     }
 )
 """Server error codes that refuse the document itself (the same document fails again)."""
+DUPLICATE_KEY_CODES: Final = frozenset({11000, 11001, 12582})
+"""Server codes of a unique-index violation (PyMongo's ``DuplicateKeyError``)."""
 
 
 def server_says_retry(exc: OperationFailure) -> bool:
@@ -224,6 +231,50 @@ class Collection:
                 )
             except DuplicateKeyError:
                 return None
+
+    async def _bulk_write(
+        self, operation: str, requests: Sequence[UpdateOne], *, ordered: bool
+    ) -> BulkWritten:
+        """One ``bulk_write``; its write errors are returned, every other failure raised translated.
+
+        A write concern error is raised (as :class:`WriteConcernError`, so code 64 is
+        transient): the writes happened, but are not known to be durable.
+        """
+        with translate_errors(operation):
+            try:
+                result = await self._collection.bulk_write(list(requests), ordered=ordered)
+            except BulkWriteError as exc:
+                details = exc.details
+                concern = details.get("writeConcernErrors") or ()
+                if concern:
+                    first = concern[0]
+                    raise WriteConcernError(
+                        str(first.get("errmsg", "")), first.get("code"), first
+                    ) from exc
+                errors = {int(error["index"]): error for error in details.get("writeErrors", ())}
+                return BulkWritten(matched=int(details.get("nMatched", 0)), write_errors=errors)
+        return BulkWritten(matched=result.matched_count, write_errors={})
+
+
+class BulkWritten(msgspec.Struct, frozen=True, kw_only=True):
+    """What one ``bulk_write`` did: ``matched`` updates, and its write errors by operation index.
+
+    An ordered bulk stops at its first write error, so it has at most one.
+    """
+
+    matched: int
+    write_errors: dict[int, Document]
+
+    def raise_write_errors(self, operation: str, *, allowed: frozenset[int] = frozenset()) -> None:
+        """Raise the first write error whose code is not in ``allowed``, translated as
+        :func:`translate_errors` translates a single write's."""
+        for index in sorted(self.write_errors):
+            error = self.write_errors[index]
+            if error.get("code") not in allowed:
+                # Without the operation itself: it can hold a courier's whole body.
+                details = {name: value for name, value in error.items() if name != "op"}
+                with translate_errors(f"{operation}[{index}]"):
+                    raise WriteError(str(error.get("errmsg", "")), error.get("code"), details)
 
 
 def read_as[T](kind: type[T], document: Document, what: str) -> T:

@@ -6,6 +6,7 @@
   or a real MongoDB when ``GATEWAY_TEST_MONGO_URL`` is set. Each test gets its
   own database name, dropped afterwards, so tests never see each other's data.
 * ``settings``: :class:`Settings` pointing at both, with per-run test secrets.
+* ``unreachable_db``: a database behind a port nothing listens on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from arq.connections import ArqRedis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from scripts.harness.services import EmbeddedMongo, RedisServer
+from scripts.harness.services import EmbeddedMongo, RedisServer, free_port
 from shared.adapters.config import HexConfig, StandardConfig
 from shared.queue import open_queue_pool
 from shared.settings import Settings
@@ -114,6 +115,19 @@ async def mongo_db(
         yield db
     finally:
         await mongo_client.drop_database(settings.mongo_db)
+
+
+@pytest.fixture
+async def unreachable_db(mongo_db_name: str) -> AsyncIterator[AsyncDatabase[Document]]:
+    """A database behind a port nothing listens on: every operation fails quickly."""
+    client: AsyncMongoClient[Document] = open_mongo(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", timeout_s=0.3
+    )
+    try:
+        yield client[mongo_db_name]
+    finally:
+        await let_unreachable_mongo_monitor_sleep()
+        await client.close()
 
 
 @pytest.fixture

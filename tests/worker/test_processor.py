@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +18,6 @@ from gateway_worker.backoff import backoff_bound
 from gateway_worker.jobs import EventProcessor, JobResult
 from gateway_worker.metrics import WorkerMetrics
 from scripts.harness.mock_downstream import MockDownstreamClient
-from scripts.harness.services import free_port
 from scripts.proof.probes import CommandCounter
 from shared.contracts import CourierEvent, EventType, QueuedEvent, ReplayRef
 from shared.settings import Settings
@@ -27,7 +26,6 @@ from shared.storage.events import ProcessedEvents
 from shared.storage.mongo import DEAD_LETTER_EVENTS, Document, open_mongo
 from shared.storage.shipments import Shipments
 from tests.factories import T0, Clock, make_event, payload
-from tests.plugins.servers import let_unreachable_mongo_monitor_sleep
 from tests.plugins.worker import stored_letter, stored_record, stored_shipment
 
 MakeProcessor = Callable[..., EventProcessor]
@@ -348,18 +346,6 @@ async def test_steps_past_the_job_deadline_are_a_counted_transient_failure(
     assert (record.status, record.attempts) == ("retrying", 1)
     assert record.last_error is not None
     assert record.last_error.code == "job_timeout"
-
-
-@pytest.fixture
-async def unreachable_db(mongo_db_name: str) -> AsyncIterator[AsyncDatabase[Document]]:
-    client: AsyncMongoClient[Document] = open_mongo(
-        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", timeout_s=0.3
-    )
-    try:
-        yield client[mongo_db_name]
-    finally:
-        await let_unreachable_mongo_monitor_sleep()
-        await client.close()
 
 
 async def test_failure_that_cannot_be_recorded_is_retried_without_counting(

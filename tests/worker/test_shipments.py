@@ -99,7 +99,8 @@ async def test_new_shipment_document_has_every_contract_field(
         ],
         "created_at": NOW,
         "updated_at": NOW,
-        "last_apply": {"event_id": "e1", "outcome": "applied"},
+        "last_apply": {"event_id": "e1", "outcome": "applied", "status": "picked_up"},
+        "recent_applies": [{"event_id": "e1", "outcome": "applied", "status": "picked_up"}],
     }
 
 
