@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
 import structlog
@@ -38,21 +39,26 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
-__all__ = ["ARQ_CLAIM", "WAIT_STEP_MS", "claim_replicated"]
+__all__ = ["ARQ_CLAIM", "WAIT_STEP_MS", "claim_replicated", "confirm_claims"]
 
 ARQ_CLAIM: Final = "1"
 """What arq's ``Worker.start_jobs`` writes to the in-progress key (arq 0.28)."""
 WAIT_STEP_MS: Final = 1000
 """One ``WAIT``'s timeout; below every client's socket timeout (5 s)."""
 
-# Takes the claim over only from arq's fresh claim or from this run itself.
+# Per key: takes the claim over only from arq's fresh claim or from this run itself.
 _TAKE_OVER: Final = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] or held == ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
+local held = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value == ARGV[1] or value == ARGV[2] then
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[3])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
 end
-return 0
+return held
 """
 
 log = structlog.get_logger("gateway_worker")
@@ -67,29 +73,66 @@ async def claim_replicated(
     ``patience_s`` bounds the wait for replicas. ``False``: step aside, touching
     nothing more (see the module docstring).
     """
-    key = in_progress_key_prefix + job_id
-    token = uuid.uuid4().hex[:12]
+    held = await confirm_claims(
+        redis,
+        [job_id],
+        token=uuid.uuid4().hex[:12],
+        replicas=replicas,
+        claim_ttl_s=claim_ttl_s,
+        patience_s=patience_s,
+    )
+    return bool(held)
+
+
+async def confirm_claims(
+    redis: ArqRedis,
+    job_ids: Sequence[str],
+    *,
+    token: str,
+    replicas: int,
+    claim_ttl_s: float,
+    patience_s: float,
+) -> list[str]:
+    """Those of ``job_ids`` whose claims hold ``token`` (or arq's ``1``, taken over) on
+    ``replicas`` replicas; ``[]`` when not confirmed within ``patience_s``.
+
+    One round trip per step for every job: a batch of jobs (gateway_worker.batch)
+    waits for its replicas once.
+    """
+    keys = [in_progress_key_prefix + job_id for job_id in job_ids]
     ttl_ms = str(int(claim_ttl_s * 1000))
     give_up_at = time.monotonic() + patience_s
     while True:
         try:
             async with redis.pipeline(transaction=False) as pipe:
-                pipe.eval(_TAKE_OVER, 1, key, ARQ_CLAIM, token, ttl_ms)
+                pipe.eval(_TAKE_OVER, len(keys), *keys, ARQ_CLAIM, token, ttl_ms)
                 pipe.wait(replicas, WAIT_STEP_MS)
-                held, acked = await pipe.execute()
+                flags, acked = await pipe.execute()
         except RedisError as exc:
-            # redis-py has already retried; the claim expires and the job runs again.
+            # redis-py has already retried; the claims expire and the jobs run again.
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("job.claim_unconfirmed", job_id=job_id, error=error)
-            return False
+            for job_id in job_ids:
+                log.warning("job.claim_unconfirmed", job_id=job_id, error=error)
+            return []
+        held = [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
+        for job_id, flag in zip(job_ids, flags, strict=True):
+            if not flag:
+                log.warning("job.claim_not_held", job_id=job_id)
         if not held:
-            log.warning("job.claim_not_held", job_id=job_id)
-            return False
+            return []
         if acked >= replicas:
-            return True
-        if time.monotonic() >= give_up_at:
-            log.warning(
-                "job.claim_unreplicated", job_id=job_id, replicas=replicas, acked=acked, waited=True
-            )
-            return False
-        log.info("job.claim_waiting", job_id=job_id, replicas=replicas, acked=acked)
+            return held
+        waited = time.monotonic() >= give_up_at
+        for job_id in held:
+            if waited:
+                log.warning(
+                    "job.claim_unreplicated",
+                    job_id=job_id,
+                    replicas=replicas,
+                    acked=acked,
+                    waited=True,
+                )
+            else:
+                log.info("job.claim_waiting", job_id=job_id, replicas=replicas, acked=acked)
+        if waited:
+            return []

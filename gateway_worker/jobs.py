@@ -36,11 +36,12 @@ itself hangs — gives the lease back without counting an attempt and raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
@@ -60,11 +61,13 @@ from shared.contracts import CourierEvent, QueuedEvent
 from shared.live import StatusChange, channel, encode_change
 from shared.settings import Settings
 from shared.storage.dead_letters import DeadLetterReason, DeadLetters, ReplayOutcome
-from shared.storage.errors import StorageError, StoreRejected
+from shared.storage.errors import StorageError, StoreRejected, StoreUnavailable
 from shared.storage.events import (
     AlreadyDone,
     AttemptRecord,
+    Claim,
     Claimed,
+    ClaimRequest,
     EventStatus,
     Leased,
     ProcessedEvents,
@@ -120,6 +123,27 @@ class _Run:
         return round((time.monotonic() - self.started) * 1000)
 
 
+class _BatchRun(_Run):
+    """One job's run inside a batch: where it has got to."""
+
+    def __init__(self, index: int, queued: QueuedEvent, job_id: str, job_try: int) -> None:
+        super().__init__(queued, job_id, job_try)
+        self.index = index
+        self.decision: Decision | None = None
+        self.error: Exception | None = None
+        self.ended: JobResult | _Deferral | Retry | None = None
+
+    def bound(self) -> contextlib.AbstractContextManager[None]:
+        """Its job's log context (as :meth:`EventProcessor.process` binds it)."""
+        return structlog.contextvars.bound_contextvars(
+            job_id=self.job_id,
+            job_try=self.job_try,
+            idempotency_key=self.queued.idempotency_key,
+            request_id=self.queued.request_id,
+            replay=self.queued.replay is not None,
+        )
+
+
 class EventProcessor:
     """Runs the job for one worker process; all dependencies are passed in.
 
@@ -161,6 +185,252 @@ class EventProcessor:
                 return await self._process(job_id, job_try, payload)
         finally:
             self._metrics.job_duration.observe(time.perf_counter() - started)
+
+    async def process_batch(self, jobs: Sequence[tuple[str, int, Any]]) -> list[JobResult | Retry]:
+        """Run several jobs ``(job_id, job_try, payload)`` together; each one's result or
+        ``Retry``, in order.
+
+        Each job ends exactly as :meth:`process` would end it; what is shared is the
+        round trips: the keys are claimed in one bulk write and one read, the
+        shipments updated in one ordered bulk write and one read, the successes
+        marked in one bulk write (docs/decisions.md, "Worker CPU per event"). A job
+        that cannot share them runs alone, after the others: a payload that does not
+        decode, and a second job of a key already in the batch (it then finds the
+        first one's lease and is deferred, as two concurrent runs would be).
+        """
+        started = time.perf_counter()
+        runs: list[_BatchRun] = []
+        alone: list[int] = []
+        keys: set[str] = set()
+        for index, (job_id, job_try, payload) in enumerate(jobs):
+            try:
+                queued = msgspec.convert(_upgrade(payload), QueuedEvent)
+            except msgspec.ValidationError:
+                alone.append(index)
+                continue
+            if queued.idempotency_key in keys:
+                alone.append(index)
+                continue
+            keys.add(queued.idempotency_key)
+            runs.append(_BatchRun(index, queued, job_id, job_try))
+        results: list[JobResult | Retry | None] = [None] * len(jobs)
+        try:
+            if len(runs) > 1:
+                for run, result in zip(runs, await self._batch(runs), strict=True):
+                    results[run.index] = result
+            else:
+                alone = sorted([*alone, *(run.index for run in runs)])
+            for index in alone:
+                job_id, job_try, payload = jobs[index]
+                try:
+                    results[index] = await self.process(job_id, job_try, payload)
+                except Retry as retry:
+                    results[index] = retry
+        finally:
+            elapsed = time.perf_counter() - started
+            for _ in runs:
+                self._metrics.job_duration.observe(elapsed)
+        return [Retry(defer=0) if result is None else result for result in results]
+
+    async def _batch(self, runs: list[_BatchRun]) -> list[JobResult | Retry]:
+        try:
+            deadline = asyncio.timeout(self._deadline_s)
+            try:
+                async with deadline:
+                    await self._batch_steps(runs)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                error = TransientError(
+                    ErrorCode.JOB_TIMEOUT, f"steps did not finish within {self._deadline_s:g} s"
+                )
+                for run in runs:
+                    if run.ended is None and run.error is None:
+                        run.error = error
+            return [await self._end(run) for run in runs]
+        except asyncio.CancelledError:
+            # As in process(): every run not yet ended gives its lease back and runs again.
+            for run in runs:
+                if not isinstance(run.ended, JobResult | Retry):
+                    with run.bound():
+                        await self._give_back(run)
+            return [
+                run.ended if isinstance(run.ended, JobResult | Retry) else Retry(defer=0)
+                for run in runs
+            ]
+
+    async def _end(self, run: _BatchRun) -> JobResult | Retry:
+        """The run's result once its steps are done: as :meth:`_process` ends a run."""
+        with run.bound():
+            try:
+                if run.error is not None:
+                    run.ended = await self._failed(run, run.error)
+                elif isinstance(run.ended, _Deferral):
+                    self._metrics.jobs.labels(outcome="deferred").inc()
+                    log.info(
+                        "job.deferred",
+                        lease_owner=run.ended.owner,
+                        defer_s=round(run.ended.delay_s, 3),
+                    )
+                    run.ended = Retry(defer=run.ended.delay_s)
+            except Retry as retry:
+                run.ended = retry
+        assert isinstance(run.ended, JobResult | Retry)
+        return run.ended
+
+    async def _batch_steps(self, runs: list[_BatchRun]) -> None:
+        """:meth:`_steps` for every run at once; sets each run's ``ended`` or ``error``."""
+        working = await self._claim_batch(runs)
+        applying = []
+        for run in working:
+            try:
+                run.event = self._normaliser.event_of(run.queued)
+            except Exception as exc:  # noqa: BLE001 - classified in _failed, as in process()
+                run.error = exc
+            else:
+                applying.append(run)
+        applied = await self._apply_batch(applying)
+        if self._downstream is not None and applied:
+            applied = await self._deliver_batch(self._downstream, applied)
+        await self._mark_batch(applied)
+
+    async def _deliver_batch(self, downstream: Deliverer, runs: list[_BatchRun]) -> list[_BatchRun]:
+        """Deliver the runs' events at once; the runs delivered."""
+        delivered = []
+        outcomes = await asyncio.gather(
+            *(self._deliver(downstream, run) for run in runs), return_exceptions=True
+        )
+        for run, outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                run.error = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                delivered.append(run)
+        return delivered
+
+    @staticmethod
+    async def _deliver(downstream: Deliverer, run: _BatchRun) -> None:
+        assert run.decision is not None
+        assert run.event is not None
+        with run.bound():
+            await downstream.deliver(run.queued, run.decision.status, run.event)
+
+    async def _claim_batch(self, runs: list[_BatchRun]) -> list[_BatchRun]:
+        now = self._clock()
+        requests = [
+            ClaimRequest(
+                key=run.key,
+                source=run.queued.source,
+                event_id=run.queued.event_id,
+                job_id=run.job_id,
+                token=run.token,
+                replay=run.queued.replay is not None,
+                body=run.queued.body,
+            )
+            for run in runs
+        ]
+        claims: list[Claim | None]
+        try:
+            claims = list(
+                await self._events.claim_many(
+                    requests, owner=self._worker_id, now=now, lease_s=self._settings.lease_s
+                )
+            )
+        except StoreUnavailable as exc:
+            for run in runs:
+                run.error = exc
+            return []
+        except StorageError:
+            # One key the store refuses must not hold the others back: each alone.
+            claims = [None] * len(runs)
+        working = []
+        for run, request, claim in zip(runs, requests, claims, strict=True):
+            if claim is None:
+                try:
+                    claim = await self._events.claim(
+                        request.key,
+                        source=request.source,
+                        event_id=request.event_id,
+                        job_id=request.job_id,
+                        owner=self._worker_id,
+                        token=request.token,
+                        now=now,
+                        lease_s=self._settings.lease_s,
+                        replay=request.replay,
+                        body=request.body,
+                    )
+                except StorageError as exc:
+                    run.error = exc
+                    continue
+            with run.bound():
+                match claim:
+                    case AlreadyDone(status=status):
+                        run.ended = await self._duplicate(run, status)
+                    case Leased(lease_until=lease_until, owner=owner):
+                        remaining = max(0.0, (lease_until - now).total_seconds())
+                        jitter = self._rng.uniform(0, 0.1 * self._settings.lease_s)
+                        run.ended = _Deferral(remaining + jitter, owner)
+                    case Claimed():
+                        run.claimed = claim
+                        await self._announce(run, EventStatus.PROCESSING, claim.attempts)
+                        working.append(run)
+        return working
+
+    async def _apply_batch(self, runs: list[_BatchRun]) -> list[_BatchRun]:
+        """Apply the runs' events in order; the runs whose events may go on."""
+        if not runs:
+            return []
+        decisions: list[Decision | None]
+        try:
+            decisions = await self._shipments.apply_many(
+                [(run.queued.source, _event(run)) for run in runs], now=self._clock()
+            )
+        except StoreUnavailable as exc:
+            for run in runs:
+                run.error = exc
+            return []
+        except StorageError:
+            # One event the store refuses must not fail the others: each alone, in order.
+            decisions = [None] * len(runs)
+        applied = []
+        for run, decision in zip(runs, decisions, strict=True):
+            assert run.event is not None
+            try:
+                if decision is None:
+                    decision = await self._shipments.apply_event(
+                        run.queued.source, run.event, now=self._clock()
+                    )
+                _check_decision(decision, run.event)
+            except Exception as exc:  # noqa: BLE001 - classified in _failed, as in process()
+                run.error = exc
+                continue
+            run.decision = decision
+            applied.append(run)
+        return applied
+
+    async def _mark_batch(self, runs: list[_BatchRun]) -> None:
+        if not runs:
+            return
+        try:
+            held = await self._events.mark_succeeded_many(
+                [(run.key, run.token, run.duration_ms) for run in runs], now=self._clock()
+            )
+        except StorageError as exc:
+            for run in runs:
+                run.error = exc
+            return
+        for run, kept in zip(runs, held, strict=True):
+            assert run.claimed is not None
+            assert run.decision is not None
+            with run.bound():
+                if not kept:
+                    log.warning("job.lease_lost", step="mark_succeeded")
+                await self._announce(run, EventStatus.SUCCEEDED, run.claimed.attempts)
+                if run.queued.replay is not None:
+                    await self._record_replay(run, ReplayOutcome.SUCCEEDED, key_succeeded=True)
+                self._succeeded(run, run.decision)
+            run.ended = JobResult.SUCCEEDED
 
     async def _process(self, job_id: str, job_try: int, payload: Any) -> JobResult:
         payload = _upgrade(payload)
@@ -234,17 +504,7 @@ class EventProcessor:
         # carrier's unmapped status as unmapped_status: permanent.
         event = run.event = self._normaliser.event_of(queued)
         decision = await self._shipments.apply_event(queued.source, event, now=self._clock())
-        if decision.outcome is Outcome.INVALID_TRANSITION:
-            raise PermanentError(
-                ErrorCode.INVALID_TRANSITION,
-                f"shipment is {decision.status} (terminal); a newer "
-                f"{event.event_type.value} cannot change it",
-            )
-        if decision.outcome is Outcome.ORDER_MISMATCH:
-            raise PermanentError(
-                ErrorCode.ORDER_MISMATCH,
-                "shipment.order_id differs from the order the shipment belongs to",
-            )
+        _check_decision(decision, event)
         if self._downstream is not None:
             await self._downstream.deliver(queued, decision.status, event)
         if not await self._events.mark_succeeded(
@@ -513,6 +773,26 @@ class EventProcessor:
             cap_s=settings.backoff_cap_s,
             rng=self._rng,
             retry_after_s=classification.retry_after_s,
+        )
+
+
+def _event(run: _Run) -> CourierEvent:
+    assert run.event is not None
+    return run.event
+
+
+def _check_decision(decision: Decision, event: CourierEvent) -> None:
+    """The rules' refusals as permanent errors."""
+    if decision.outcome is Outcome.INVALID_TRANSITION:
+        raise PermanentError(
+            ErrorCode.INVALID_TRANSITION,
+            f"shipment is {decision.status} (terminal); a newer "
+            f"{event.event_type.value} cannot change it",
+        )
+    if decision.outcome is Outcome.ORDER_MISMATCH:
+        raise PermanentError(
+            ErrorCode.ORDER_MISMATCH,
+            "shipment.order_id differs from the order the shipment belongs to",
         )
 
 

@@ -27,21 +27,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
-from typing import Any, Final
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 import httpx
 import structlog
 import uvloop
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
-from arq.worker import Worker, func
+from arq.constants import in_progress_key_prefix, retry_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.utils import timestamp_ms
+from arq.worker import JobExecutionFailed, Retry, Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
 from gateway_worker.announce import StatusPublisher
-from gateway_worker.claim import claim_replicated
+from gateway_worker.batch import (
+    RETRY_KEY_TTL_S,
+    ClaimedJob,
+    ClaimScript,
+    Finish,
+    Finished,
+    finish_jobs,
+)
+from gateway_worker.claim import claim_replicated, confirm_claims
 from gateway_worker.downstream import Downstream
 from gateway_worker.jobs import EventProcessor
 from gateway_worker.metrics import MetricsServer, WorkerMetrics
@@ -60,6 +73,7 @@ from shared.storage.mongo import open_mongo
 __all__ = [
     "ARQ_MAX_TRIES_HEADROOM",
     "REDIS_RETRIES",
+    "BatchProcessor",
     "GatewayWorker",
     "build_worker_settings",
     "default_worker_id",
@@ -85,6 +99,14 @@ async def process_event(ctx: dict[Any, Any], payload: Any) -> str:
     """The arq job (``JOB_FUNCTION``): process one ``QueuedEvent`` payload."""
     processor: EventProcessor = ctx["processor"]
     return await processor.process(ctx["job_id"], ctx["job_try"], payload)
+
+
+class BatchProcessor(Protocol):
+    """What runs a batch's jobs: :meth:`EventProcessor.process_batch`."""
+
+    async def process_batch(self, jobs: Sequence[tuple[str, int, Any]]) -> Sequence[object]:
+        """Each job's result, or the ``Retry`` or exception that ends it, in order."""
+        ...
 
 
 class GatewayWorker(Worker):
@@ -114,7 +136,13 @@ class GatewayWorker(Worker):
     under the live run and arq then recording ``job expired`` (docs/reliability.md).
     """
 
+    _claim_script: ClaimScript | None = None
+    _claim_token = ""
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if self.ctx["settings"].worker_batch > 1:
+            await self._start_batches(job_ids)
+            return
         for job_id in job_ids:
             running = self.tasks.get(job_id.decode())
             if running is not None and not running.done():
@@ -137,15 +165,214 @@ class GatewayWorker(Worker):
             patience_s=self.job_timeout_s,
         ):
             return
-        renewal = _ClaimRenewal(self.pool, job_id, self.in_progress_timeout_s)
+        renewal = _ClaimRenewal(self.pool, [job_id], self.in_progress_timeout_s)
         try:
             await super().run_job(job_id, score)
         finally:
             renewal.stop()
 
+    async def _start_batches(self, listed: list[bytes]) -> None:
+        """Claim the due jobs of ``listed`` in one round trip and run them in batches.
+
+        ``GATEWAY_WORKER_BATCH`` > 1 (gateway_worker.batch): instead of arq's
+        claim of each job (four round trips) and its run of each job (two more),
+        one script claims every due job this worker has room for, each batch runs
+        as one task (:meth:`_run_batch`), and one transaction finishes it. arq's
+        counters, semaphore and ``tasks`` are kept as its own ``start_jobs`` keeps
+        them, so its polling, health check, burst mode and shutdown work unchanged.
+
+        Like arq's ``start_jobs``, which waits on its semaphore for a free slot, a
+        poll that finds more due jobs than free slots waits for a batch to end and
+        claims again, up to as many jobs as the poll listed; returning at once would
+        leave the next claim to the next poll, at most ``worker_concurrency`` jobs
+        per ``poll_delay``.
+        """
+        budget = len(listed)
+        job_ids = self._not_running(listed)
+        while budget > 0 and job_ids:
+            room = self.max_jobs - self.job_counter
+            if room < 1:
+                running = {task for task in self.tasks.values() if not task.done()}
+                if not running:
+                    return
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            wanted = min(room, budget)
+            claimed = await self._claim(job_ids, wanted)
+            if claimed is None:
+                return
+            await self._start(claimed)
+            budget -= len(claimed)
+            if len(claimed) < wanted or budget < 1:
+                return  # nothing more due among the listed jobs
+            listed = await self.pool.zrangebyscore(
+                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=budget
+            )
+            job_ids = self._not_running(listed)
+
+    def _not_running(self, listed: Sequence[bytes | str]) -> list[str]:
+        """``listed`` without the jobs this worker runs now."""
+        job_ids = []
+        for raw in listed:
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            running = self.tasks.get(job_id)
+            if running is None or running.done():
+                job_ids.append(job_id)
+        return job_ids
+
+    async def _claim(self, job_ids: list[str], limit: int) -> list[ClaimedJob] | None:
+        """Claim up to ``limit`` of ``job_ids``; ``None`` if Redis went away meanwhile."""
+        if self._claim_script is None:
+            self._claim_script = ClaimScript(self.pool)
+        self._claim_token = uuid.uuid4().hex[:12]
+        try:
+            return await self._claim_script(
+                self.queue_name,
+                job_ids,
+                limit=limit,
+                claim_ttl_ms=int(self.in_progress_timeout_s * 1000),
+                token=self._claim_token,
+            )
+        except (RedisError, OSError) as exc:
+            # A failover while claiming: the next poll claims again on the new primary
+            # (a claim the lost reply made expires and its job runs then).
+            log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def _start(self, claimed: list[ClaimedJob]) -> None:
+        """One task per batch of ``claimed``, counted as arq counts its jobs."""
+        size = self.ctx["settings"].worker_batch
+        for start in range(0, len(claimed), size):
+            batch = claimed[start : start + size]
+            self.job_counter += len(batch)
+            for _ in batch:
+                # Never waits: the claim took no more jobs than there were free slots.
+                await self.sem.acquire()
+            task = self.loop.create_task(self._run_batch(batch, self._claim_token))
+            task.add_done_callback(functools.partial(self._batch_done, len(batch)))
+            for job in batch:
+                self.tasks[job.job_id] = task
+
+    def _batch_done(self, count: int, _task: asyncio.Task[None]) -> None:
+        self.job_counter -= count
+        for _ in range(count):
+            self.sem.release()
+
+    async def _run_batch(self, claimed: list[ClaimedJob], token: str) -> None:
+        """Run one claimed batch and record every job's outcome (one transaction)."""
+        job_ids = [job.job_id for job in claimed]
+        renewal = _ClaimRenewal(self.pool, job_ids, self.in_progress_timeout_s)
+        try:
+            replicas = self.ctx["settings"].ack_replicas
+            if replicas:
+                held = set(
+                    await confirm_claims(
+                        self.pool,
+                        job_ids,
+                        token=token,
+                        replicas=replicas,
+                        claim_ttl_s=self.in_progress_timeout_s,
+                        patience_s=self.job_timeout_s,
+                    )
+                )
+                # Not held or not replicated: step aside, touching nothing (gateway_worker.claim).
+                claimed = [job for job in claimed if job.job_id in held]
+                if not claimed:
+                    return
+            finished = await self._run_claimed(claimed)
+            await asyncio.shield(
+                finish_jobs(
+                    self.pool,
+                    self.queue_name,
+                    finished,
+                    keep_result_ms=int(self.keep_result_s * 1000),
+                    serializer=self.job_serializer or serialize,
+                )
+            )
+        finally:
+            renewal.stop()
+
+    async def _run_claimed(self, claimed: list[ClaimedJob]) -> list[Finished]:
+        """arq's ``run_job`` checks for each job, then one call of the batch's processor."""
+        start_ms = timestamp_ms()
+        finished: list[Finished] = []
+        runnable: list[tuple[ClaimedJob, int, Any, int]] = []
+        for job in claimed:
+            refused: Exception | None = None
+            enqueue_time_ms = 0
+            payload: Any = None
+            job_try = job.job_try
+            if not job.data:
+                log.warning("job.expired_before_start", job_id=job.job_id)
+                refused = JobExecutionFailed("job expired")
+            else:
+                try:
+                    function, args, kwargs, enqueue_try, enqueue_time_ms = deserialize_job_raw(
+                        job.data, deserializer=self.job_deserializer
+                    )
+                except SerializationError as exc:
+                    log.warning("job.not_deserializable", job_id=job.job_id, error=str(exc))
+                    refused = exc
+                else:
+                    if function != JOB_FUNCTION or len(args) != 1 or kwargs:
+                        refused = JobExecutionFailed(f"function {function!r} not found")
+                    payload = args[0] if args else None
+                    if enqueue_try and enqueue_try > job_try:
+                        job_try = enqueue_try
+                        await self.pool.setex(
+                            retry_key_prefix + job.job_id, RETRY_KEY_TTL_S, str(job_try)
+                        )
+                    if refused is None and job_try > self.max_tries:
+                        log.warning("job.max_tries_exceeded", job_id=job.job_id, tries=job_try)
+                        refused = JobExecutionFailed(f"max {self.max_tries} retries exceeded")
+            if refused is not None:
+                self.jobs_failed += 1
+                finished.append(
+                    Finished(
+                        job=job,
+                        finish=Finish.FAILED,
+                        result=refused,
+                        enqueue_time_ms=enqueue_time_ms,
+                        start_ms=start_ms,
+                    )
+                )
+            else:
+                runnable.append((job, job_try, payload, enqueue_time_ms))
+        if not runnable:
+            return finished
+        processor: BatchProcessor = self.ctx["processor"]
+        jobs = [(job.job_id, job_try, payload) for job, job_try, payload, _ in runnable]
+        outcomes: Sequence[object]
+        try:
+            async with asyncio.timeout(self.job_timeout_s):
+                outcomes = await processor.process_batch(jobs)
+        except TimeoutError as exc:
+            outcomes = [exc] * len(jobs)
+        for (job, job_try, payload, enqueue_time_ms), outcome in zip(
+            runnable, outcomes, strict=True
+        ):
+            common: dict[str, Any] = {
+                "job": ClaimedJob(job.job_id, job.score, job.data, job_try),
+                "function": JOB_FUNCTION,
+                "args": (payload,),
+                "enqueue_time_ms": enqueue_time_ms,
+                "start_ms": start_ms,
+            }
+            if isinstance(outcome, Retry):
+                self.jobs_retried += 1
+                retry = Finished(finish=Finish.RETRY, defer_ms=outcome.defer_score, **common)
+                finished.append(retry)
+            elif isinstance(outcome, BaseException):
+                self.jobs_failed += 1
+                finished.append(Finished(finish=Finish.FAILED, result=outcome, **common))
+            else:
+                self.jobs_complete += 1
+                finished.append(Finished(finish=Finish.SUCCEEDED, result=outcome, **common))
+        return finished
+
 
 class _ClaimRenewal:
-    """Keeps one run's arq claim alive until :meth:`stop`.
+    """Keeps one run's arq claims (one job's, or a batch's) alive until :meth:`stop`.
 
     Every half of ``claim_ttl_s``, ``PEXPIRE`` sets the in-progress key's expiry
     back to ``claim_ttl_s``. ``PEXPIRE`` never creates a key, so a claim arq's
@@ -165,7 +392,7 @@ class _ClaimRenewal:
 
     __slots__ = (
         "_handle",
-        "_job_id",
+        "_job_ids",
         "_left",
         "_period_s",
         "_pool",
@@ -174,9 +401,9 @@ class _ClaimRenewal:
         "_warned",
     )
 
-    def __init__(self, pool: ArqRedis, job_id: str, claim_ttl_s: float) -> None:
+    def __init__(self, pool: ArqRedis, job_ids: Sequence[str], claim_ttl_s: float) -> None:
         self._pool = pool
-        self._job_id = job_id
+        self._job_ids = job_ids
         self._ttl_ms = int(claim_ttl_s * 1000)
         self._period_s = claim_ttl_s / 2
         self._renewing: asyncio.Task[None] | None = None
@@ -186,7 +413,8 @@ class _ClaimRenewal:
 
     def _due(self) -> None:
         if self._left == 0:
-            log.warning("job.claim_renewal_stopped", job_id=self._job_id)
+            for job_id in self._job_ids:
+                log.warning("job.claim_renewal_stopped", job_id=job_id)
             return
         self._left -= 1
         self._handle = asyncio.get_running_loop().call_later(self._period_s, self._due)
@@ -196,12 +424,16 @@ class _ClaimRenewal:
 
     async def _renew(self) -> None:
         try:
-            await self._pool.pexpire(in_progress_key_prefix + self._job_id, self._ttl_ms)
+            async with self._pool.pipeline(transaction=False) as pipe:
+                for job_id in self._job_ids:
+                    pipe.pexpire(in_progress_key_prefix + job_id, self._ttl_ms)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             if not self._warned:
                 self._warned = True
                 error = f"{type(exc).__name__}: {exc}"
-                log.warning("job.claim_renewal_failed", job_id=self._job_id, error=error)
+                for job_id in self._job_ids:
+                    log.warning("job.claim_renewal_failed", job_id=job_id, error=error)
 
     def stop(self) -> None:
         """Renew no more (the run has returned)."""

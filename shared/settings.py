@@ -111,6 +111,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How long a succeeded key is kept in processed_events (the worker's dedupe window)."""
     worker_concurrency: PositiveInt = 20
     """Jobs one worker process runs at once (arq ``max_jobs``)."""
+    worker_batch: PositiveInt = 10
+    """Most jobs claimed, stored and finished together (1: arq's own one-job-at-a-time runs)."""
     worker_metrics_port: Port = 9100
     """Port of a worker's ``/metrics`` and health endpoint (0 picks a free one)."""
     worker_health_interval_s: PositiveFloat = 10.0
