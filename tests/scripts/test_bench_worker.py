@@ -33,7 +33,7 @@ def test_benchmark_events_are_whole_lifecycles_with_unique_keys() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_measures_each_worker_count_the_arq_floor_and_three_round_trips(
+def test_tiny_benchmark_measures_each_worker_count_both_floors_and_round_trips(
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "bench"
@@ -51,28 +51,41 @@ def test_tiny_benchmark_measures_each_worker_count_the_arq_floor_and_three_round
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads((output / "bench-worker.json").read_text())
     assert [r["workers"] for r in report["rounds"]] == [1, 2]
-    for measured in [*report["rounds"], report["arq_floor"]]:
+    batch = report["batch"]
+    assert batch > 1  # the product default: batched claims and finishes
+    for measured in [*report["rounds"], report["queue_floor"], report["arq_floor"]]:
         assert measured["events"] == 100
         assert measured["events_per_s"] > 0
         assert measured["events_per_s_per_worker"] > 0
         assert measured["worker_cpu_ms_per_event"] > 0
-        # Each job is claimed (WATCH … EXEC) and finished (MULTI … EXEC) by arq.
-        assert measured["redis_commands"]["watch"] >= 1
-        assert measured["redis_commands"]["exec"] >= 2
-    # The floor's job does nothing: it neither publishes nor touches a store.
-    assert "publish" not in report["arq_floor"]["redis_commands"]
-    assert report["arq_floor"]["store_cpu_pct"] is None
+    for batched in [*report["rounds"], report["queue_floor"]]:
+        # Jobs are claimed by one script per poll and finished by one MULTI … EXEC
+        # per batch, never by arq's WATCH per job.
+        assert batched["redis_commands"]["evalsha"] > 0
+        assert batched["redis_commands"]["exec"] > 0
+        assert "watch" not in batched["redis_commands"]
+        assert batched["redis_commands_per_event"] < report["arq_floor"]["redis_commands_per_event"]
+    # arq's own runs: each job claimed (WATCH … EXEC) and finished (MULTI … EXEC).
+    assert report["arq_floor"]["redis_commands"]["watch"] >= 1
+    assert report["arq_floor"]["redis_commands"]["exec"] >= 2
+    # The floors' job does nothing: it neither publishes nor touches a store.
+    for floor in (report["queue_floor"], report["arq_floor"]):
+        assert "publish" not in floor["redis_commands"]
+        assert floor["store_cpu_pct"] is None
     trips = report["round_trips"]
     assert trips["sample"] == 10
+    assert trips["batch"] == batch
     assert trips["max_per_event"] <= 3
-    assert trips["by_command"] == {"findAndModify": 20, "update": 10}
+    # One batch of 10: claim (bulk update + read), shipments (bulk update + read), mark.
+    assert trips["by_command"] == {"update": 3, "find": 2}
     assert ("mongoeco" in report["store"]) == (not real_mongo)
     markdown = (output / "bench-worker.md").read_text()
     assert [row[0] for row in table_rows(markdown)] == [
         "worker processes",
         "1",
         "2",
-        "arq floor (1, no-op job)",
+        f"queue floor (1, batches of {batch}, no-op)",
+        "arq floor (1, arq's one-job runs, no-op)",
     ]
     assert "arq floor" in result.stdout
     assert "events/s" in result.stdout

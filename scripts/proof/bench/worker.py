@@ -114,6 +114,12 @@ class BenchWorkerOptions:
     seed: int = 1
     poll_delay_s: float | None = None
     """``GATEWAY_WORKER_POLL_DELAY_S`` of the workers (``None``: the product default)."""
+    batch: int | None = None
+    """``GATEWAY_WORKER_BATCH`` of the workers (``None``: the product default)."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch if self.batch is not None else Settings().worker_batch
 
 
 def make_events(count: int, *, seed: int, prefix: str) -> list[QueuedEvent]:
@@ -144,9 +150,10 @@ def make_events(count: int, *, seed: int, prefix: str) -> list[QueuedEvent]:
 
 
 async def count_round_trips(
-    mongo_url: str, db_name: str, events: Sequence[QueuedEvent]
+    mongo_url: str, db_name: str, events: Sequence[QueuedEvent], *, batch: int
 ) -> RoundTrips:
-    """Run ``events`` one by one through the worker's processor; MongoDB commands per event."""
+    """Run ``events`` through the worker's processor in batches of ``batch``, as a worker
+    runs them; MongoDB commands per event."""
     listener = CommandCounter()
     client = open_mongo(mongo_url, event_listeners=[listener])
     try:
@@ -158,24 +165,29 @@ async def count_round_trips(
             metrics=WorkerMetrics(),
             downstream=None,
         )
-        per_event: list[int] = []
+        per_batch: list[float] = []
         by_command: Counter[str] = Counter()
-        for queued in events:
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
             listener.commands.clear()
-            result = await processor.process(
-                queued.idempotency_key, 1, msgspec.msgpack.decode(serialize(queued))
+            results = await processor.process_batch(
+                [(q.idempotency_key, 1, msgspec.msgpack.decode(serialize(q))) for q in chunk]
             )
-            if result != "succeeded":
-                raise BenchWorkerError(f"{queued.idempotency_key} ended {result}, not succeeded")
-            per_event.append(len(listener.commands))
+            for queued, result in zip(chunk, results, strict=True):
+                if result != "succeeded":
+                    raise BenchWorkerError(
+                        f"{queued.idempotency_key} ended {result!r}, not succeeded"
+                    )
+            per_batch.append(len(listener.commands) / len(chunk))
             by_command.update(listener.commands)
         await client.drop_database(db_name)
     finally:
         await client.close()
     return RoundTrips(
-        sample=len(per_event),
-        per_event=round(sum(per_event) / len(per_event), 3) if per_event else 0.0,
-        max_per_event=max(per_event, default=0),
+        sample=len(events),
+        batch=batch,
+        per_event=round(by_command.total() / len(events), 3) if events else 0.0,
+        max_per_event=round(max(per_batch, default=0.0), 3),
         by_command=dict(by_command.most_common()),
     )
 
@@ -192,6 +204,8 @@ class _Round:
     log_dir: Path
     module: str = WORKER_MODULE
     """What each process runs (``python -m module``): the worker, or the arq floor."""
+    batch: int = 1
+    """The processes' ``GATEWAY_WORKER_BATCH``."""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -207,6 +221,7 @@ class _Round:
                 "GATEWAY_WORKER_METRICS_PORT": "0",
                 "GATEWAY_WORKER_CONCURRENCY": str(self.options.concurrency),
                 "GATEWAY_WORKER_HEALTH_INTERVAL_S": "1",
+                "GATEWAY_WORKER_BATCH": str(self.batch),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -216,7 +231,9 @@ class _Round:
 
     @property
     def name(self) -> str:
-        return "floor" if self.module == FLOOR_MODULE else f"{self.workers}w"
+        if self.module == FLOOR_MODULE:
+            return "floor" if self.batch == 1 else f"floor-batch{self.batch}"
+        return f"{self.workers}w"
 
     def worker_id(self, index: int) -> str:
         return f"bench-{self.name}-{index + 1}"
@@ -360,6 +377,7 @@ def _one_round(
     console: Console,
     *,
     module: str = WORKER_MODULE,
+    batch: int,
 ) -> RoundResult:
     tag = uuid.uuid4().hex[:6]
     db_name = f"bench_worker_{tag}"
@@ -373,7 +391,7 @@ def _one_round(
         if not floor:
             asyncio.run(_ensure_indexes(mongo_url, db_name))
         bench = _Round(
-            options, workers, redis_server.url, mongo_url, db_name, workdir / "logs", module
+            options, workers, redis_server.url, mongo_url, db_name, workdir / "logs", module, batch
         )
         try:
             bench.start()
@@ -388,7 +406,10 @@ def _one_round(
     if succeeded != options.events:
         raise BenchWorkerError(f"{bench.name}: {succeeded}/{options.events} events succeeded")
     result = _result(workers, options.events, drain, store_measured=store_pid is not None)
-    what = "arq floor (no-op job)" if floor else f"{workers} worker(s)"
+    if floor:
+        what = "arq floor (no-op job)" if batch == 1 else f"queue floor (batches of {batch}, no-op)"
+    else:
+        what = f"{workers} worker(s), batches of {batch}"
     console.log(
         f"{what}: {options.events} events in {result.drain_s} s → {result.events_per_s} "
         f"events/s, {result.worker_cpu_ms_per_event} ms worker CPU per event, "
@@ -442,7 +463,12 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
             store = _store_label(mongo_url, embedded=store_pid is not None)
             sample = make_events(options.sample, seed=options.seed + 1, prefix="rt")
             round_trips = asyncio.run(
-                count_round_trips(mongo_url, f"bench_round_trips_{uuid.uuid4().hex[:6]}", sample)
+                count_round_trips(
+                    mongo_url,
+                    f"bench_round_trips_{uuid.uuid4().hex[:6]}",
+                    sample,
+                    batch=options.batch_size,
+                )
             )
         console.log(
             f"store: {store}; MongoDB round trips per event: {round_trips.per_event} "
@@ -454,9 +480,18 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
         except ServiceError as exc:
             raise BenchWorkerError(str(exc)) from exc
         try:
-            floor = _one_round(options, 1, redis_server, workdir, console, module=FLOOR_MODULE)
+            batch = options.batch_size
+
+            def floor_round(size: int) -> RoundResult:
+                return _one_round(
+                    options, 1, redis_server, workdir, console, module=FLOOR_MODULE, batch=size
+                )
+
+            floor = floor_round(1)
+            queue_floor = floor_round(batch) if batch > 1 else floor
             rounds = [
-                _one_round(options, n, redis_server, workdir, console) for n in options.workers
+                _one_round(options, n, redis_server, workdir, console, batch=batch)
+                for n in options.workers
             ]
         finally:
             redis_server.stop()
@@ -473,8 +508,10 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
         poll_delay_s=options.poll_delay_s
         if options.poll_delay_s is not None
         else Settings().worker_poll_delay_s,
+        batch=options.batch_size,
         rounds=rounds,
         arq_floor=floor,
+        queue_floor=queue_floor,
         round_trips=round_trips,
         machine={"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     )
@@ -495,6 +532,8 @@ def _command_line(options: BenchWorkerOptions) -> str:
     ]
     if options.poll_delay_s is not None:
         parts.append(f"--poll-delay {options.poll_delay_s:g}")
+    if options.batch is not None:
+        parts.append(f"--batch {options.batch}")
     if options.mongo_url:
         parts.append(f"--mongo-url {redact_url(options.mongo_url)}")
     return " ".join(parts)
@@ -535,10 +574,17 @@ def _count_option(flag: str, default: int, help: str | None = None) -> Decorator
     default=None,
     help="Workers' GATEWAY_WORKER_POLL_DELAY_S (default: the product's default).",
 )
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=None,
+    help="Workers' GATEWAY_WORKER_BATCH (default: the product's default; 1: arq's own runs).",
+)
 @output_option(Path("bench-worker-report"))
 def bench_worker_command(**params: Any) -> None:
     """Worker CPU per event and events/s of 1, 2 and 4 workers draining a pre-filled queue,
-    against arq's floor (a no-op job); Redis commands and MongoDB round trips per event."""
+    against the queue's floor (a no-op job; batched, and arq's own one-job runs); Redis
+    commands and MongoDB round trips per event."""
     # The round-trip sample runs the worker's processor in this process: keep its
     # per-job INFO lines out of the benchmark's output.
     configure_logging("WARNING", "console", process="bench-worker")

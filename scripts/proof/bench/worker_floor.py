@@ -8,11 +8,16 @@ health key, poll delay, concurrency) — except that the job function returns
 client, metrics server or queue-depth sampler is opened. Its CPU per job is
 what the queue machinery costs on its own; the product's worker costs that
 plus our job.
+
+With ``GATEWAY_WORKER_BATCH`` = 1 that machinery is arq's own (a job claimed,
+run and finished at a time); above 1 it is the worker's batched claim and
+finish (gateway_worker.batch), and the batch's processor does nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from arq.worker import func
@@ -23,12 +28,23 @@ from shared.logging import configure_logging
 from shared.queue import JOB_FUNCTION
 from shared.settings import settings_from_env
 
-__all__ = ["no_op_job"]
+__all__ = ["NoOpBatch", "no_op_job"]
 
 
 async def no_op_job(ctx: dict[Any, Any], payload: Any) -> str:
     """Stands in for ``process_event``: the same result, no work."""
     return JobResult.SUCCEEDED.value
+
+
+class NoOpBatch:
+    """Stands in for the batch's :class:`~gateway_worker.jobs.EventProcessor`."""
+
+    async def process_batch(self, jobs: Sequence[tuple[str, int, Any]]) -> list[str]:
+        return [JobResult.SUCCEEDED.value] * len(jobs)
+
+
+async def _startup(ctx: dict[Any, Any]) -> None:
+    ctx["processor"] = NoOpBatch()
 
 
 def main() -> None:
@@ -37,7 +53,7 @@ def main() -> None:
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
     options = build_worker_settings(settings)
     options.update(
-        functions=[func(no_op_job, name=JOB_FUNCTION)], on_startup=None, on_shutdown=None
+        functions=[func(no_op_job, name=JOB_FUNCTION)], on_startup=_startup, on_shutdown=None
     )
     run_worker(options)
 
