@@ -57,7 +57,10 @@ def test_tiny_benchmark_measures_each_worker_count_both_floors_and_round_trips(
         assert measured["events"] == 100
         assert measured["events_per_s"] > 0
         assert measured["events_per_s_per_worker"] > 0
-        assert measured["worker_cpu_ms_per_event"] > 0
+        # psutil counts CPU in clock ticks: a batched no-op floor of 100 jobs may be 0.
+        assert measured["worker_cpu_ms_per_event"] >= 0
+    for worked in report["rounds"]:
+        assert worked["worker_cpu_ms_per_event"] > 0
     for batched in [*report["rounds"], report["queue_floor"]]:
         # Jobs are claimed by one script per poll and finished by one MULTI … EXEC
         # per batch, never by arq's WATCH per job.

@@ -154,7 +154,12 @@ def _floor_lines(report: BenchWorkerReport) -> list[str]:
             "",
             f"Estimate, not a measurement: against a store that keeps up, one worker process "
             f"on one core would reach about **{1000 / ours:,.0f} events/s** (1000 / CPU ms per "
-            f"event); the floor alone would allow about {1000 / floor:,.0f} jobs/s.",
+            "event); "
+            + (
+                f"the floor alone would allow about {1000 / floor:,.0f} jobs/s."
+                if floor > 0
+                else "the floor was too small to measure in this run (psutil counts CPU in ticks)."
+            ),
         ]
     return lines
 
