@@ -71,7 +71,14 @@ from scripts.proof.bench.worker_report import (
     render_markdown,
 )
 from scripts.proof.options import Decorator, mongo_url_option, output_option
-from scripts.proof.probes import CommandCounter, cpu_seconds, describe_store
+from scripts.proof.probes import (
+    CommandCounter,
+    Profile,
+    ProfileRecorder,
+    cpu_seconds,
+    describe_store,
+    find_py_spy,
+)
 from scripts.traffic.events import plan_lifecycle
 from shared.contracts import QueuedEvent, decode_event
 from shared.logging import configure_logging
@@ -116,6 +123,8 @@ class BenchWorkerOptions:
     """``GATEWAY_WORKER_POLL_DELAY_S`` of the workers (``None``: the product default)."""
     batch: int | None = None
     """``GATEWAY_WORKER_BATCH`` of the workers (``None``: the product default)."""
+    profile_s: int = 0
+    """Seconds of py-spy on the first configuration's first worker (0: none)."""
 
     @property
     def batch_size(self) -> int:
@@ -339,14 +348,21 @@ class _Drain(NamedTuple):
 
 
 def _drain(
-    bench: _Round, client: redis.Redis, events: Sequence[QueuedEvent], pids: tuple[int | None, ...]
+    bench: _Round,
+    client: redis.Redis,
+    events: Sequence[QueuedEvent],
+    pids: tuple[int | None, ...],
+    profiler: ProfileRecorder | None = None,
 ) -> _Drain:
-    """Enqueue ``events`` for the polling workers; measure until the queue is empty."""
+    """Enqueue ``events`` for the polling workers; measure until the queue is empty
+    (with ``profiler`` recording from the moment they are queued)."""
     store_pid, redis_pid = pids
     cpu_before = (bench.cpu_s(), cpu_seconds(store_pid), cpu_seconds(redis_pid))
     calls_before = _command_calls(client)
     started = time.perf_counter()
     asyncio.run(_prefill(bench.redis_url, events))
+    if profiler is not None:
+        profiler.start(bench.options.profile_s)
     polls = 0
     while client.zcard(QUEUE_NAME):
         polls += 1
@@ -378,6 +394,7 @@ def _one_round(
     *,
     module: str = WORKER_MODULE,
     batch: int,
+    profile: bool = False,
 ) -> RoundResult:
     tag = uuid.uuid4().hex[:6]
     db_name = f"bench_worker_{tag}"
@@ -397,7 +414,9 @@ def _one_round(
             bench.start()
             bench.wait_ready(client)
             redis_pid = redis_server.process.pid if redis_server.process else None
-            drain = _drain(bench, client, events, (store_pid, redis_pid))
+            profiler = _profiler(options, bench, workdir) if profile else None
+            drain = _drain(bench, client, events, (store_pid, redis_pid), profiler)
+            profiled = _profiled(profiler, console)
             results = sum(1 for _ in client.scan_iter(match="arq:result:*", count=1000))
         finally:
             bench.stop()
@@ -406,6 +425,8 @@ def _one_round(
     if succeeded != options.events:
         raise BenchWorkerError(f"{bench.name}: {succeeded}/{options.events} events succeeded")
     result = _result(workers, options.events, drain, store_measured=store_pid is not None)
+    if profiled is not None:
+        result = msgspec.structs.replace(result, profile=profiled)
     if floor:
         what = "arq floor (no-op job)" if batch == 1 else f"queue floor (batches of {batch}, no-op)"
     else:
@@ -416,6 +437,23 @@ def _one_round(
         f"{result.redis_commands_per_event} Redis commands per event"
     )
     return result
+
+
+def _profiler(options: BenchWorkerOptions, bench: _Round, workdir: Path) -> ProfileRecorder:
+    py_spy = find_py_spy()
+    if py_spy is None:
+        raise BenchWorkerError("--profile needs py-spy (installed with the dev dependencies)")
+    pid = bench.processes[0].pid
+    return ProfileRecorder(py_spy, {f"worker-{bench.name}": pid}, options.output / "profile")
+
+
+def _profiled(profiler: ProfileRecorder | None, console: Console) -> Profile | None:
+    if profiler is None:
+        return None
+    profiles, errors = profiler.finish()
+    for error in errors:
+        console.log(f"[yellow]py-spy: {error}")
+    return profiles[0] if profiles else None
 
 
 def _succeeded(mongo_url: str, db_name: str) -> int:
@@ -490,8 +528,16 @@ def bench_worker(options: BenchWorkerOptions, console: Console | None = None) ->
             floor = floor_round(1)
             queue_floor = floor_round(batch) if batch > 1 else floor
             rounds = [
-                _one_round(options, n, redis_server, workdir, console, batch=batch)
-                for n in options.workers
+                _one_round(
+                    options,
+                    n,
+                    redis_server,
+                    workdir,
+                    console,
+                    batch=batch,
+                    profile=options.profile_s > 0 and i == 0,
+                )
+                for i, n in enumerate(options.workers)
             ]
         finally:
             redis_server.stop()
@@ -534,6 +580,8 @@ def _command_line(options: BenchWorkerOptions) -> str:
         parts.append(f"--poll-delay {options.poll_delay_s:g}")
     if options.batch is not None:
         parts.append(f"--batch {options.batch}")
+    if options.profile_s:
+        parts.append(f"--profile {options.profile_s}")
     if options.mongo_url:
         parts.append(f"--mongo-url {redact_url(options.mongo_url)}")
     return " ".join(parts)
@@ -579,6 +627,13 @@ def _count_option(flag: str, default: int, help: str | None = None) -> Decorator
     type=click.IntRange(1),
     default=None,
     help="Workers' GATEWAY_WORKER_BATCH (default: the product's default; 1: arq's own runs).",
+)
+@click.option(
+    "--profile",
+    "profile_s",
+    type=click.IntRange(0),
+    default=0,
+    help="Seconds of py-spy (100 Hz) on the first configuration's worker during its drain.",
 )
 @output_option(Path("bench-worker-report"))
 def bench_worker_command(**params: Any) -> None:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scripts.proof.markdown import table
+from scripts.proof.probes import Profile
 
 __all__ = ["BenchWorkerReport", "RoundResult", "RoundTrips", "render_console", "render_markdown"]
 
@@ -33,6 +34,8 @@ class RoundResult(Struct, frozen=True, kw_only=True):
     """Commands the workers sent to Redis per event (each command of a MULTI counts)."""
     redis_commands: dict[str, float]
     """The same by command name, most frequent first."""
+    profile: Profile | None = None
+    """py-spy's samples of its first worker (``--profile``)."""
 
 
 class RoundTrips(Struct, frozen=True, kw_only=True):
@@ -111,7 +114,25 @@ def render_markdown(report: BenchWorkerReport) -> str:
         f"in any one batch (target ≤ 3); by command: "
         + ", ".join(f"{name} {n}" for name, n in trips.by_command.items()),
     ]
+    for r in report.rounds:
+        if r.profile is not None:
+            lines += _profile_lines(r.profile)
     return "\n".join(lines) + "\n"
+
+
+def _profile_lines(profile: Profile) -> list[str]:
+    shares = [
+        ("package (self)", profile.packages),
+        ("frame (self)", profile.self_time),
+        ("frame (inclusive)", profile.inclusive[:12]),
+    ]
+    lines = [
+        "",
+        f"py-spy on {profile.process} (100 Hz, % of samples; raw: `{profile.samples_file}`):",
+    ]
+    for title, rows in shares:
+        lines += ["", *table((title, "%"), [(name, f"{pct:g}") for name, pct in rows])]
+    return lines
 
 
 def _row(label: str, r: RoundResult) -> tuple[str, ...]:
