@@ -83,6 +83,8 @@ __all__ = [
 
 ARQ_MAX_TRIES_HEADROOM: Final = 250
 """arq tries allowed beyond our ``max_attempts`` (see the module docstring)."""
+BATCH_FAILED_RETRY_S: Final = 5.0
+"""When a batch's processor raises (a defect), its jobs run again this much later."""
 REDIS_RETRIES: Final = 30
 """redis-py retries per command; with backoff capped at 5 s, about two minutes of Redis outage."""
 USER_AGENT: Final = "courier-event-gateway-worker"
@@ -346,8 +348,12 @@ class GatewayWorker(Worker):
         try:
             async with asyncio.timeout(self.job_timeout_s):
                 outcomes = await processor.process_batch(jobs)
-        except TimeoutError as exc:
-            outcomes = [exc] * len(jobs)
+        except Exception as exc:
+            # process_batch ends every job itself, so this is arq's own timeout or a
+            # defect. Failing the jobs as arq would could leave their keys mid-run;
+            # they run again instead, bounded by max_tries.
+            log.exception("worker.batch_failed", jobs=len(jobs), error=type(exc).__name__)
+            outcomes = [Retry(defer=BATCH_FAILED_RETRY_S)] * len(jobs)
         for (job, job_try, payload, enqueue_time_ms), outcome in zip(
             runnable, outcomes, strict=True
         ):

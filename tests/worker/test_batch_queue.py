@@ -8,7 +8,7 @@ a job looks like afterwards is read with arq's own client API (``Job.status``,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from gateway_worker.batch import (
     Finished,
     finish_jobs,
 )
-from gateway_worker.worker import GatewayWorker, build_worker_settings
+from gateway_worker.worker import BATCH_FAILED_RETRY_S, GatewayWorker, build_worker_settings
 from shared.queue import JOB_FUNCTION, Enqueuer, deserialize, serialize
 from shared.settings import Settings
 from shared.storage.events import ProcessedEvents
@@ -230,3 +230,34 @@ async def test_a_job_past_max_tries_or_expired_fails_as_arq_fails_it_and_others_
     }
     assert await ProcessedEvents(mongo_db).get(tired.idempotency_key) is None
     assert await redis.zcard(settings.queue_name) == 0
+
+
+class Broken:
+    """A batch processor with a defect."""
+
+    async def process_batch(self, jobs: Sequence[tuple[str, int, Any]]) -> list[object]:
+        raise RuntimeError("a defect")
+
+
+async def test_a_batch_whose_processor_raises_is_run_again_later_never_failed(
+    redis: ArqRedis, worker_settings: Callable[..., Settings]
+) -> None:
+    settings = worker_settings(worker_batch=5)
+    enqueuer = Enqueuer(redis, settings.queue_name)
+    events = [make_event(f"e{i}") for i in range(2)]
+    for queued in events:
+        assert await enqueuer.enqueue(queued.idempotency_key, queued)
+
+    async def startup(ctx: dict[Any, Any]) -> None:
+        ctx["processor"] = Broken()
+
+    before_ms = time.time() * 1000
+    worker = await burst(settings, on_startup=startup, on_shutdown=None, max_burst_jobs=2)
+
+    assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (0, 0, 2)
+    for queued in events:
+        score = await redis.zscore(settings.queue_name, queued.idempotency_key)
+        assert score is not None
+        assert score >= before_ms + BATCH_FAILED_RETRY_S * 1000
+        assert not await redis.exists(f"arq:result:{queued.idempotency_key}")
+    assert not [key async for key in redis.scan_iter(match="arq:in-progress:*")]
