@@ -316,20 +316,38 @@ class EventProcessor:
         with run.bound():
             await downstream.deliver(run.queued, run.decision.status, run.event)
 
+    async def _claim_one(self, request: ClaimRequest, now: datetime) -> Claim:
+        return await self._events.claim(
+            request.key,
+            source=request.source,
+            event_id=request.event_id,
+            job_id=request.job_id,
+            owner=self._worker_id,
+            token=request.token,
+            now=now,
+            lease_s=self._settings.lease_s,
+            replay=request.replay,
+            body=request.body,
+        )
+
+    async def _took(self, run: _Run, claim: Claim, now: datetime) -> JobResult | _Deferral | None:
+        """What ``claim`` means for ``run``: how it ends (a duplicate, a deferral), or
+        ``None`` when the run holds the lease and goes on."""
+        match claim:
+            case AlreadyDone(status=status):
+                return await self._duplicate(run, status)
+            case Leased(lease_until=lease_until, owner=owner):
+                remaining = max(0.0, (lease_until - now).total_seconds())
+                jitter = self._rng.uniform(0, 0.1 * self._settings.lease_s)
+                return _Deferral(remaining + jitter, owner)
+            case Claimed():
+                run.claimed = claim
+                await self._announce(run, EventStatus.PROCESSING, claim.attempts)
+        return None
+
     async def _claim_batch(self, runs: list[_BatchRun]) -> list[_BatchRun]:
         now = self._clock()
-        requests = [
-            ClaimRequest(
-                key=run.key,
-                source=run.queued.source,
-                event_id=run.queued.event_id,
-                job_id=run.job_id,
-                token=run.token,
-                replay=run.queued.replay is not None,
-                body=run.queued.body,
-            )
-            for run in runs
-        ]
+        requests = [_claim_request(run) for run in runs]
         claims: list[Claim | None]
         try:
             claims = list(
@@ -346,35 +364,15 @@ class EventProcessor:
             claims = [None] * len(runs)
         working = []
         for run, request, claim in zip(runs, requests, claims, strict=True):
-            if claim is None:
+            with run.bound():
                 try:
-                    claim = await self._events.claim(
-                        request.key,
-                        source=request.source,
-                        event_id=request.event_id,
-                        job_id=request.job_id,
-                        owner=self._worker_id,
-                        token=request.token,
-                        now=now,
-                        lease_s=self._settings.lease_s,
-                        replay=request.replay,
-                        body=request.body,
-                    )
+                    taken = claim if claim is not None else await self._claim_one(request, now)
                 except StorageError as exc:
                     run.error = exc
                     continue
-            with run.bound():
-                match claim:
-                    case AlreadyDone(status=status):
-                        run.ended = await self._duplicate(run, status)
-                    case Leased(lease_until=lease_until, owner=owner):
-                        remaining = max(0.0, (lease_until - now).total_seconds())
-                        jitter = self._rng.uniform(0, 0.1 * self._settings.lease_s)
-                        run.ended = _Deferral(remaining + jitter, owner)
-                    case Claimed():
-                        run.claimed = claim
-                        await self._announce(run, EventStatus.PROCESSING, claim.attempts)
-                        working.append(run)
+                run.ended = await self._took(run, taken, now)
+            if run.ended is None:
+                working.append(run)
         return working
 
     async def _apply_batch(self, runs: list[_BatchRun]) -> list[_BatchRun]:
@@ -477,29 +475,10 @@ class EventProcessor:
     async def _steps(self, run: _Run) -> JobResult | _Deferral:
         queued = run.queued
         now = self._clock()
-        claim = await self._events.claim(
-            run.key,
-            source=queued.source,
-            event_id=queued.event_id,
-            job_id=run.job_id,
-            owner=self._worker_id,
-            token=run.token,
-            now=now,
-            lease_s=self._settings.lease_s,
-            replay=queued.replay is not None,
-            body=queued.body,
-        )
-        match claim:
-            case AlreadyDone(status=status):
-                return await self._duplicate(run, status)
-            case Leased(lease_until=lease_until, owner=owner):
-                remaining = max(0.0, (lease_until - now).total_seconds())
-                jitter = self._rng.uniform(0, 0.1 * self._settings.lease_s)
-                return _Deferral(remaining + jitter, owner)
-            case Claimed():
-                run.claimed = claim
-                await self._announce(run, EventStatus.PROCESSING, claim.attempts)
-
+        ended = await self._took(run, await self._claim_one(_claim_request(run), now), now)
+        if ended is not None:
+            return ended
+        assert run.claimed is not None
         # Raises msgspec's errors for a body that no longer decodes, and a
         # carrier's unmapped status as unmapped_status: permanent.
         event = run.event = self._normaliser.event_of(queued)
@@ -774,6 +753,19 @@ class EventProcessor:
             rng=self._rng,
             retry_after_s=classification.retry_after_s,
         )
+
+
+def _claim_request(run: _Run) -> ClaimRequest:
+    queued = run.queued
+    return ClaimRequest(
+        key=run.key,
+        source=queued.source,
+        event_id=queued.event_id,
+        job_id=run.job_id,
+        token=run.token,
+        replay=queued.replay is not None,
+        body=queued.body,
+    )
 
 
 def _event(run: _Run) -> CourierEvent:
