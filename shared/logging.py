@@ -173,9 +173,7 @@ def configure_logging(
 
     shared: list[Processor] = [structlog.contextvars.merge_contextvars, _Stamp(process)]
     renderer: Processor = (
-        _render_json
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        _render_json if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
     numeric_level = logging.getLevelNamesMapping()[level]
     structlog.configure(

@@ -49,7 +49,7 @@ from scripts.proof.bench.apps import create_bare_app
 from scripts.proof.bench.ingest.model import QUEUE_NAME, SOURCE
 from scripts.proof.bench.ingest.wrk import RouteRequests
 
-__all__ = ["cpu_command", "measure"]
+__all__ = ["cpu_command", "measure", "signed_requests"]
 
 _ADDRESS = ("127.0.0.1", 8000)
 
@@ -87,21 +87,10 @@ class _Transport:
         pass
 
 
-def _requests(count: int, nonce: str, requests: RouteRequests) -> list[bytes]:
+def signed_requests(count: int, nonce: str, requests: RouteRequests) -> list[bytes]:
+    """``count`` raw HTTP requests of one route, each a new event signed now."""
     now = time.time()
-    out: list[bytes] = []
-    for index in range(count):
-        body, headers = requests.build(f"evt_{nonce}_{index}", f"shp_{index}", now)
-        head = (
-            f"POST /v1/events/{SOURCE} HTTP/1.1\r\n"
-            "Host: 127.0.0.1\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-            + "\r\n"
-        )
-        out.append(head.encode() + body)
-    return out
+    return [requests.raw(f"evt_{nonce}_{index}", f"shp_{index}", now) for index in range(count)]
 
 
 async def measure(
@@ -210,7 +199,7 @@ def cpu_command(
             order = list(targets)
             for number in range(rounds + 1):
                 for target in order:
-                    raw = _requests(count, f"{os.getpid()}_{number}_{target}", route)
+                    raw = signed_requests(count, f"{os.getpid()}_{number}_{target}", route)
                     us, statuses = asyncio.run(
                         measure(
                             apps[target], raw, connections=connections,
