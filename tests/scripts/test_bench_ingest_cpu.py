@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import pytest
 from arq.connections import ArqRedis
+from click.testing import CliRunner
 
 from gateway_api.app import create_app
 from scripts.proof.bench.apps import create_bare_app
-from scripts.proof.bench.ingest.cpu import measure, signed_requests
+from scripts.proof.bench.ingest.cpu import cpu_command, measure, signed_requests
 from scripts.proof.bench.ingest.model import QUEUE_NAME, SOURCE
 from scripts.proof.bench.ingest.wrk import RouteRequests
 from shared.adapters.config import parse_source_config
@@ -46,3 +47,19 @@ async def test_every_ingest_answer_the_harness_counts_is_a_queued_job(
     assert statuses == {b"202": 25}
     assert await redis.zcard(QUEUE_NAME) == 25
     assert cpu_us > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated inferred style:DeprecationWarning")
+def test_command_reports_each_target_and_each_feature_switched_off() -> None:
+    result = CliRunner().invoke(
+        cpu_command,
+        ["--requests", "20", "--rounds", "1", "--connections", "5",
+         "--without", "log", "--without", "metrics", "--without", "context"],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    reported = [line.split(":")[0].split()[-1] for line in result.output.splitlines()]
+    assert {"bare", "ingest", "ingest-no-log", "ingest-no-metrics", "ingest-no-context"} <= set(
+        reported
+    )
+    assert "ingest ÷ bare" in result.output

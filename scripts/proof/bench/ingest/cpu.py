@@ -17,6 +17,13 @@ each target's median and minimum are reported, with the ingest ÷ bare ratio.
 On a shared VM single rounds still move by 10-30 % (other guests); the
 minimum is the steadiest figure for comparing two code versions.
 
+``--without log`` (``metrics``, ``context``) adds a target in the same rounds:
+the ingest app with that feature switched off by the harness (its
+``event.accepted`` line; its metric observations; the request-context
+middleware, which also holds the HTTP metrics), to tell what each costs in
+place, where it runs slower than alone under ``timeit``. Nothing in the
+product changes; only this harness patches the built app.
+
 Run: ``python -m scripts.proof.bench.ingest.cpu`` (``--help`` for options).
 Absolute figures are lower than the benchmark's: no syscalls, no kernel
 network stack, which add roughly the same ~30 µs to both targets there, so
@@ -27,13 +34,15 @@ code versions measured back to back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import email.utils
+import itertools
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,7 @@ import uvloop
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
+import gateway_api.ingest
 from scripts.harness.services import RedisServer
 from scripts.proof.bench.apps import create_bare_app
 from scripts.proof.bench.ingest.model import QUEUE_NAME, SOURCE
@@ -149,6 +159,80 @@ async def measure(
     return cpu_s / len(raw_requests) * 1e6, statuses
 
 
+FEATURES = ("log", "metrics", "context")
+"""What ``--without`` can switch off in the ingest app."""
+
+
+class _Silent:
+    def info(self, *_: object, **__: object) -> None:
+        pass
+
+
+class _NoObservation:
+    def observe(self, _: float) -> None:
+        pass
+
+
+class _RequestIdOnly:
+    """The request-context middleware's one duty the handler needs: ``scope["state"]``'s id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._ids = (f"{n:032x}" for n in itertools.count())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault("state", {})["request_id"] = next(self._ids)
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def _without(app: Any, feature: str | None) -> Iterator[None]:
+    """``app`` with ``feature`` switched off while the block runs."""
+    if feature == "log":
+        logger = gateway_api.ingest.log
+        gateway_api.ingest.log = _Silent()
+        try:
+            yield
+        finally:
+            gateway_api.ingest.log = logger
+    elif feature == "metrics":
+        metrics = app.state.resources.metrics
+        histogram = metrics.enqueue_duration
+        for name in ("observe_request", "accepted"):
+            setattr(metrics, name, lambda *_: None)
+        metrics.enqueue_duration = _NoObservation()
+        try:
+            yield
+        finally:
+            del metrics.observe_request, metrics.accepted
+            metrics.enqueue_duration = histogram
+    elif feature == "context":
+        middleware = app.asgi_handler
+        app.asgi_handler = _RequestIdOnly(middleware.app)
+        try:
+            yield
+        finally:
+            app.asgi_handler = middleware
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def _pinned(redis: RedisServer) -> Iterator[None]:
+    """As in the benchmark: this process on CPU 0, Redis on CPU 1, while the block runs."""
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        yield
+        return
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    if redis.process is not None:
+        os.sched_setaffinity(redis.process.pid, {1})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def _gateway_app(redis_url: str, source: dict[str, Any], log: Path) -> Any:
     from gateway_api.app import create_app
     from shared.logging import configure_logging
@@ -174,44 +258,49 @@ def _gateway_app(redis_url: str, source: dict[str, Any], log: Path) -> Any:
 @click.option("--rounds", default=10, show_default=True, help="Runs of each target, alternating.")
 @click.option("--connections", default=100, show_default=True, help="Requests in flight.")
 @click.option("--target", "targets", multiple=True, default=("bare", "ingest"), show_default=True)
+@click.option("--without", "features", multiple=True, type=click.Choice(FEATURES),
+              help="Also measure the ingest app without this feature (repeatable).")  # fmt: skip
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Write a cProfile of the ingest runs here (pstats format).")  # fmt: skip
 def cpu_command(
-    count: int, rounds: int, connections: int, targets: tuple[str, ...], profile_path: Path | None
+    count: int,
+    rounds: int,
+    connections: int,
+    targets: tuple[str, ...],
+    features: tuple[str, ...],
+    profile_path: Path | None,
 ) -> None:
     """Server CPU µs per request of the bare endpoint and the ingest route, in-process."""
     with tempfile.TemporaryDirectory(prefix="ingest-cpu-") as tmp:
         workdir = Path(tmp)
-        with RedisServer(workdir / "redis", appendonly=True) as redis:
-            if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-                # As in the benchmark: the server on CPU 0, Redis on CPU 1.
-                os.sched_setaffinity(0, {0})
-                if redis.process is not None:
-                    os.sched_setaffinity(redis.process.pid, {1})
+        with RedisServer(workdir / "redis", appendonly=True) as redis, _pinned(redis):
             route = RouteRequests("standard")
             log = workdir / "api.log"
             apps = {
                 "bare": create_bare_app(),
                 "ingest": _gateway_app(redis.url, route.source, log),
             }
+            ablations = {f"ingest-no-{feature}": feature for feature in features}
+            apps.update(dict.fromkeys(ablations, apps["ingest"]))
             profile = cProfile.Profile() if profile_path else None
-            figures: dict[str, list[float]] = {t: [] for t in targets}
-            order = list(targets)
+            order = [*targets, *ablations]
+            figures: dict[str, list[float]] = {t: [] for t in order}
             for number in range(rounds + 1):
                 for target in order:
                     raw = signed_requests(count, f"{os.getpid()}_{number}_{target}", route)
-                    us, statuses = asyncio.run(
-                        measure(
-                            apps[target], raw, connections=connections,
-                            profile=profile if target == "ingest" and number else None,
-                        ),
-                        loop_factory=uvloop.new_event_loop,
-                    )  # fmt: skip
+                    with _without(apps[target], ablations.get(target)):
+                        us, statuses = asyncio.run(
+                            measure(
+                                apps[target], raw, connections=connections,
+                                profile=profile if target == "ingest" and number else None,
+                            ),
+                            loop_factory=uvloop.new_event_loop,
+                        )  # fmt: skip
                     if set(statuses) != {b"202"}:
                         raise click.ClickException(f"{target}: answers other than 202: {statuses}")
                     if number:  # round 0 warms up (imports, caches, first connections)
                         figures[target].append(us)
-                        click.echo(f"round {number} {target:>6}: {us:7.1f} µs/request")
+                        click.echo(f"round {number} {target:>17}: {us:7.1f} µs/request")
                 order.reverse()
             if profile is not None and profile_path is not None:
                 profile.dump_stats(profile_path)
@@ -219,7 +308,7 @@ def cpu_command(
     for target, values in figures.items():
         shown = " ".join(f"{v:.1f}" for v in values)
         click.echo(
-            f"median {target:>6}: {medians[target]:7.1f} µs/request, "
+            f"median {target:>17}: {medians[target]:7.1f} µs/request, "
             f"min {min(values):.1f} (rounds {shown})"
         )
     if "bare" in medians and "ingest" in medians:
