@@ -17,6 +17,7 @@ queued job.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import os
 import re
@@ -51,6 +52,17 @@ def request_id_of(scope: Scope) -> str:
     return request_id
 
 
+def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
+    """The context variable ``structlog.contextvars`` keeps ``key`` in (one per key, for good).
+
+    Found through the token binding returns, and left unbound: setting it is
+    binding ``key``, resetting its token is ``reset_contextvars``.
+    """
+    token = structlog.contextvars.bind_contextvars(**{key: ...})[key]
+    token.var.reset(token)
+    return token.var
+
+
 def _incoming_request_id(headers: Any) -> bytes | None:
     for name, value in headers:
         if name == _HEADER_NAME:
@@ -69,6 +81,9 @@ class RequestContextMiddleware:
         # not be unpredictable, only distinct across processes and requests.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count()
+        # Set and reset directly: bind_contextvars and reset_contextvars build a
+        # key and a dict per call, ~1 µs of the ingest path's CPU.
+        self._log_request_id = _structlog_var("request_id")
 
     def new_request_id(self) -> str:
         """A request id no other request of any process has."""
@@ -96,11 +111,11 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), (_HEADER_NAME, raw_id)]
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = self._log_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            self._log_request_id.reset(token)
             self.metrics.observe_request(
                 scope.get("path_template") or UNMATCHED_ROUTE,
                 method,

@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import msgspec
 import structlog
@@ -33,7 +33,8 @@ __all__ = ["LineWriter", "configure_logging"]
 _json_encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
-def _serialize(event_dict: EventDict, **_: Any) -> bytes:
+def _render_json(_: WrappedLogger, __: str, event_dict: EventDict) -> bytes:
+    # structlog's JSONRenderer around the same encoder costs two more calls per line.
     return _json_encoder.encode(event_dict)
 
 
@@ -172,9 +173,7 @@ def configure_logging(
 
     shared: list[Processor] = [structlog.contextvars.merge_contextvars, _Stamp(process)]
     renderer: Processor = (
-        structlog.processors.JSONRenderer(serializer=_serialize)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        _render_json if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
     numeric_level = logging.getLevelNamesMapping()[level]
     structlog.configure(

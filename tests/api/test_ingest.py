@@ -13,6 +13,7 @@ import time
 import httpx
 import msgspec
 import pytest
+import structlog
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from structlog.contextvars import merge_contextvars
@@ -302,3 +303,5 @@ async def test_request_id_is_bound_in_the_log_context_during_the_request(
         response = await client.post("/v1/events/acme", content=b"{", headers=JSON)
     rejected = [entry for entry in logs if entry["event"] == "event.rejected"]
     assert rejected[0]["request_id"] == response.headers["x-request-id"]
+    # ... and only during it: the binding is reset when the answer is complete.
+    assert "request_id" not in structlog.contextvars.get_contextvars()

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from scripts.harness.services import RedisServer
 from shared.contracts import CourierEvent, EventType, QueuedEvent, Shipment
 from shared.queue import (
+    JOB_EXPIRES_MS,
     JOB_FUNCTION,
     Enqueuer,
     QueueUnavailable,
@@ -29,6 +30,8 @@ from shared.queue import (
     open_queue_pool,
     serialize,
 )
+from shared.queue.enqueuer import enqueue_command
+from shared.queue.format import ENQUEUE_SHA, JOB_PREFIX, RESULT_PREFIX, pack
 from shared.settings import Settings
 
 
@@ -92,6 +95,25 @@ async def test_job_is_stored_as_msgpack_not_pickle(redis: ArqRedis, settings: Se
     decoded = deserialize(raw)
     assert decoded["f"] == JOB_FUNCTION
     assert decoded["a"][0]["source"] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("queue_name", "job_id", "job", "now_ms"),
+    [
+        (b"arq:queue", b"acme:evt_1", b"\x85\xa1t\xc0", 1_764_600_000_123),
+        (b"q%s", b"a%db\r\n", b"%b" * 40 + bytes(range(256)), 0),
+        (b"", b"", b"", 7),
+    ],
+)
+def test_enqueue_command_is_the_resp_hiredis_packs(
+    queue_name: bytes, job_id: bytes, job: bytes, now_ms: int
+) -> None:
+    expected = pack(
+        b"EVALSHA", ENQUEUE_SHA, b"3",
+        JOB_PREFIX + job_id, RESULT_PREFIX + job_id, queue_name,
+        job_id, job, JOB_EXPIRES_MS, now_ms,
+    )  # fmt: skip
+    assert enqueue_command(queue_name, job_id, job, now_ms) == expected
 
 
 async def test_second_enqueue_of_a_known_id_is_refused(redis: ArqRedis, settings: Settings) -> None:

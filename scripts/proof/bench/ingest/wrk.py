@@ -134,6 +134,19 @@ class RouteRequests:
         # webhook-id (Standard Webhooks only) is the event id, so no two requests share one.
         return rendered.body, sign_body(self.config, rendered.body, now=now, msg_id=event_id)
 
+    def raw(self, event_id: str, shipment_id: str, now: float) -> bytes:
+        """The whole HTTP/1.1 request of :meth:`build`'s event, as wrk sends it."""
+        body, headers = self.build(event_id, shipment_id, now)
+        head = (
+            f"POST /v1/events/{SOURCE} HTTP/1.1\r\n"
+            "Host: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            + "\r\n"
+        )
+        return head.encode() + body
+
 
 def write_request_pool(
     directory: Path, requests: RouteRequests, *, count: int, files: int, now: float, nonce: str
@@ -142,18 +155,8 @@ def write_request_pool(
     handles = [(directory / f"requests.{n}.bin").open("wb") for n in range(files)]
     try:
         for index in range(count):
-            body, headers = requests.build(f"evt_{nonce}_{index}", f"shp_{index}", now)
-            head = (
-                f"POST /v1/events/{SOURCE} HTTP/1.1\r\n"
-                "Host: 127.0.0.1\r\n"
-                "Content-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n"
-                + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-                + "\r\n"
-            )
             handle = handles[index % files]
-            handle.write(head.encode())
-            handle.write(body)
+            handle.write(requests.raw(f"evt_{nonce}_{index}", f"shp_{index}", now))
             handle.write(b"\0")
     finally:
         for handle in handles:
