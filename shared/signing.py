@@ -14,7 +14,6 @@ API answers with.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -157,6 +156,6 @@ def _v1_signatures(signature_list: str) -> list[bytes]:
             continue
         try:
             found.append(base64.b64decode(encoded, validate=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, and a non-ASCII character in the header
             continue
     return found

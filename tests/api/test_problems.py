@@ -438,3 +438,14 @@ async def test_unexpected_error_is_a_500_problem_that_leaks_nothing(
     assert "RuntimeError" not in response.text
     assert "Traceback" not in response.text
     assert "request_id" in problem["detail"]
+
+
+@pytest.mark.parametrize("signature", [b"v1,\xe9", b"v1,\xc3\xa9AAAA", b"v1,AAAA\xff v1,\x80"])
+async def test_a_signature_with_bytes_outside_ascii_is_401_signature_invalid(
+    client: httpx.AsyncClient, signature: bytes
+) -> None:
+    body = event_body()
+    headers = [(k.encode(), v.encode()) for k, v in reference_headers(body).items()]
+    headers = [(k, signature if k == b"webhook-signature" else v) for k, v in headers]
+    response = await client.post("/v1/events/acme", content=body, headers=headers)
+    assert_problem(response, 401, "signature_invalid")

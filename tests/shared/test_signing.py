@@ -187,7 +187,10 @@ def test_timestamp_is_checked_before_the_signature() -> None:
     )
 
 
-@pytest.mark.parametrize("signature", ["v1,not-base64!", "v1", "v1,", "v2,AAAA", "  ", "v1,AAAA"])
+@pytest.mark.parametrize(
+    "signature",
+    ["v1,not-base64!", "v1", "v1,", "v2,AAAA", "  ", "v1,AAAA", "v1,\u00e9", "v1,AAAA\u00ff"],
+)
 def test_signature_list_without_a_matching_v1_entry_is_invalid(signature: str) -> None:
     expect_code(ProblemCode.SIGNATURE_INVALID, headers_for(signature))
 
