@@ -139,7 +139,6 @@ class GatewayWorker(Worker):
     """
 
     _claim_script: ClaimScript | None = None
-    _claim_token = ""
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         if self.ctx["settings"].worker_batch > 1:
@@ -200,10 +199,11 @@ class GatewayWorker(Worker):
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
             wanted = min(room, budget)
-            claimed = await self._claim(job_ids, wanted)
+            token = uuid.uuid4().hex[:12]
+            claimed = await self._claim(job_ids, wanted, token)
             if claimed is None:
                 return
-            await self._start(claimed)
+            await self._start(claimed, token)
             budget -= len(claimed)
             if len(claimed) < wanted or budget < 1:
                 return  # nothing more due among the listed jobs
@@ -222,18 +222,18 @@ class GatewayWorker(Worker):
                 job_ids.append(job_id)
         return job_ids
 
-    async def _claim(self, job_ids: list[str], limit: int) -> list[ClaimedJob] | None:
-        """Claim up to ``limit`` of ``job_ids``; ``None`` if Redis went away meanwhile."""
+    async def _claim(self, job_ids: list[str], limit: int, token: str) -> list[ClaimedJob] | None:
+        """Claim up to ``limit`` of ``job_ids`` under ``token``; ``None`` if Redis went away
+        meanwhile."""
         if self._claim_script is None:
             self._claim_script = ClaimScript(self.pool)
-        self._claim_token = uuid.uuid4().hex[:12]
         try:
             return await self._claim_script(
                 self.queue_name,
                 job_ids,
                 limit=limit,
                 claim_ttl_ms=int(self.in_progress_timeout_s * 1000),
-                token=self._claim_token,
+                token=token,
             )
         except (RedisError, OSError) as exc:
             # A failover while claiming: the next poll claims again on the new primary
@@ -241,8 +241,8 @@ class GatewayWorker(Worker):
             log.warning("worker.claim_interrupted", error=f"{type(exc).__name__}: {exc}")
             return None
 
-    async def _start(self, claimed: list[ClaimedJob]) -> None:
-        """One task per batch of ``claimed``, counted as arq counts its jobs."""
+    async def _start(self, claimed: list[ClaimedJob], token: str) -> None:
+        """One task per batch of ``claimed`` (under ``token``), counted as arq counts its jobs."""
         size = self.ctx["settings"].worker_batch
         for start in range(0, len(claimed), size):
             batch = claimed[start : start + size]
@@ -250,7 +250,7 @@ class GatewayWorker(Worker):
             for _ in batch:
                 # Never waits: the claim took no more jobs than there were free slots.
                 await self.sem.acquire()
-            task = self.loop.create_task(self._run_batch(batch, self._claim_token))
+            task = self.loop.create_task(self._run_batch(batch, token))
             task.add_done_callback(functools.partial(self._batch_done, len(batch)))
             for job in batch:
                 self.tasks[job.job_id] = task
